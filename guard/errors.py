@@ -1,0 +1,103 @@
+"""Errors Guard itself answers with, each mapped to a status and a stable code.
+
+The code travels in the ``x-guard-error`` header and in a short JSON body, so clients and
+dashboards can tell Guard's answers from the backend's.
+"""
+
+from __future__ import annotations
+
+
+class GuardError(Exception):
+    """Base of every error that becomes an HTTP answer made by Guard."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message or self.code.replace("_", " "))
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class BadRequest(GuardError):
+    status = 400
+    code = "bad_request"
+
+
+class RouteNotFound(GuardError):
+    status = 404
+    code = "route_not_found"
+
+
+class ExpectationFailed(GuardError):
+    status = 417
+    code = "expectation_failed"
+
+
+class RequestTimeout(GuardError):
+    status = 408
+    code = "request_timeout"
+
+
+class BodyTooLarge(GuardError):
+    status = 413
+    code = "body_too_large"
+
+
+class HeaderTooLarge(GuardError):
+    status = 431
+    code = "header_too_large"
+
+
+class NotImplementedByGuard(GuardError):
+    status = 501
+    code = "not_implemented"
+
+
+class UpstreamConnectFailed(GuardError):
+    status = 502
+    code = "upstream_connect_failed"
+
+
+class UpstreamProtocolError(GuardError):
+    status = 502
+    code = "upstream_protocol_error"
+
+
+class NoHealthyUpstream(GuardError):
+    status = 503
+    code = "no_healthy_upstream"
+
+
+class UpstreamTimeout(GuardError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class ConfigError(Exception):
+    """A configuration problem, reported as ``file: key.path: what is wrong``."""
+
+    def __init__(self, file: str, key: str, message: str) -> None:
+        self.file = file
+        self.key = key
+        self.detail = message
+        super().__init__(f"{file}: {key}: {message}" if key else f"{file}: {message}")
+
+
+class ConfigErrors(Exception):
+    """Several configuration problems found in one pass, so a user fixes them all at once."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        self.errors = errors
+        super().__init__("\n".join(str(e) for e in errors))
+
+
+class NotSupportedYet(Exception):
+    """A valid config key whose feature this build cannot serve yet."""
+
+    def __init__(self, file: str, key: str) -> None:
+        self.file = file
+        self.key = key
+        super().__init__(f"{file}: {key}: not supported yet")
