@@ -1,0 +1,94 @@
+"""``guard`` command line: run, check."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from guard import __version__
+from guard.errors import ConfigErrors
+
+
+def _load(path: Path):  # type: ignore[no-untyped-def]
+    from guard.config import load_config
+
+    return load_config(path)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from guard.runtime.support import unsupported
+
+    try:
+        config = _load(args.config)
+    except ConfigErrors as e:
+        for err in e.errors:
+            print(err, file=sys.stderr)
+        print(f"{len(e.errors)} error(s)", file=sys.stderr)
+        return 1
+    routes = config.routes
+    print(
+        f"{config.path}: ok: {len(config.listeners)} listeners, {len(routes.routes)} routes, "
+        f"{len(routes.services)} services, {config.workers} worker(s)"
+    )
+    for item in unsupported(config):
+        print(f"note: {item} (guard run will refuse it)")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from guard.runtime.logs import setup_logging
+    from guard.runtime.loop import run
+    from guard.runtime.support import unsupported
+
+    setup_logging(args.log_level)
+    try:
+        config = _load(args.config)
+    except ConfigErrors as e:
+        for err in e.errors:
+            print(err, file=sys.stderr)
+        return 2
+    missing = unsupported(config)
+    if missing:
+        for item in missing:
+            print(f"guard: {item}", file=sys.stderr)
+        return 2
+    if config.workers > 1:
+        from guard.runtime.supervisor import supervise
+
+        return run(supervise(config))
+    from guard.runtime.worker import serve
+
+    try:
+        return run(serve(config))
+    except OSError as e:
+        print(f"guard: cannot listen: {e}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="guard",
+        description="Edge load balancer and proxy that wakes containers on demand.",
+    )
+    parser.add_argument("--version", action="version", version=f"guard {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run_p = sub.add_parser("run", help="serve traffic with a guard.yaml")
+    run_p.add_argument("--config", "-c", type=Path, default=Path("configs/guard.yaml"))
+    run_p.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
+    run_p.set_defaults(func=cmd_run)
+
+    check_p = sub.add_parser("check", help="validate guard.yaml and every route file")
+    check_p.add_argument("--config", "-c", type=Path, default=Path("configs/guard.yaml"))
+    check_p.set_defaults(func=cmd_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,242 @@
+"""One codec interface over two HTTP/1.1 parsers: httptools (fast, default) and h11.
+
+The proxy talks only to this module. A parser is fed bytes and calls back on a small
+events object: it never does IO itself. Framing facts every proxy decision depends on
+(keep-alive, chunked, content length, upgrade) are computed here, by the same rules for
+both parsers, so the two codecs behave identically at the proxy's edges.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from guard.errors import BadRequest, ExpectationFailed, NotImplementedByGuard, UpstreamProtocolError
+
+Headers = list[tuple[bytes, bytes]]
+
+PARSERS = ("httptools", "h11")
+
+
+class RequestHead:
+    __slots__ = (
+        "chunked",
+        "connection_tokens",
+        "content_length",
+        "expect_continue",
+        "headers",
+        "host",
+        "keep_alive",
+        "method",
+        "target",
+        "upgrade",
+        "version",
+    )
+
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        version: bytes,
+        headers: Headers,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.version = version  # b"1.1" or b"1.0"
+        self.headers = headers  # lowercase names, in received order
+        self.host = b""
+        self.keep_alive = True
+        self.chunked = False
+        self.content_length: int | None = None
+        self.upgrade: bytes | None = None
+        self.expect_continue = False
+        self.connection_tokens: tuple[bytes, ...] = ()
+
+    @property
+    def path(self) -> bytes:
+        target = self.target
+        q = target.find(b"?")
+        return target if q < 0 else target[:q]
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+
+class ResponseHead:
+    __slots__ = (
+        "chunked",
+        "connection_tokens",
+        "content_length",
+        "headers",
+        "keep_alive",
+        "reason",
+        "status",
+        "until_close",
+        "version",
+    )
+
+    def __init__(self, status: int, reason: bytes, version: bytes, headers: Headers) -> None:
+        self.status = status
+        self.reason = reason
+        self.version = version
+        self.headers = headers
+        self.keep_alive = True
+        self.chunked = False
+        self.content_length: int | None = None
+        self.until_close = False  # body delimited by the connection closing
+        self.connection_tokens: tuple[bytes, ...] = ()
+
+
+class RequestEvents(Protocol):
+    def on_request_head(self, head: RequestHead) -> None: ...
+    def on_request_body(self, data: bytes) -> None: ...
+    def on_request_complete(self) -> None: ...
+
+
+class ResponseEvents(Protocol):
+    def on_response_head(self, head: ResponseHead) -> None: ...
+    def on_response_body(self, data: bytes) -> None: ...
+    def on_response_complete(self) -> None: ...
+
+
+class RequestParser(Protocol):
+    upgraded_tail: bytes | None  # set once an Upgrade request completed
+
+    def feed(self, data: bytes) -> None:
+        """Parse bytes, calling back; raises a GuardError on malformed input."""
+
+
+class ResponseParser(Protocol):
+    def start(self, method: bytes) -> None:
+        """Expect the response to a request with this method (HEAD has no body)."""
+
+    garbage: bool  # the backend sent bytes that belong to no response
+
+    def feed(self, data: bytes) -> None: ...
+
+    def feed_eof(self) -> bool:
+        """The connection closed; True when that completed a close-delimited body."""
+
+
+# ------------------------------------------------------------------ shared framing rules
+
+
+def _connection_tokens(value: bytes) -> tuple[bytes, ...]:
+    return tuple(t.strip().lower() for t in value.split(b",") if t.strip())
+
+
+def _parse_content_length(value: bytes, seen: int | None) -> int:
+    # Only plain digits: "+5", "0x5", "1_0", " " and "" are all smuggling vectors.
+    v = value.strip(b" \t")
+    if not v or not v.isdigit() or not v.isascii():
+        raise BadRequest("invalid content-length")
+    n = int(v)
+    if seen is not None and seen != n:
+        raise BadRequest("conflicting content-length headers")
+    return n
+
+
+def apply_request_framing(head: RequestHead) -> None:
+    """Fill the framing fields of a request head from its headers, rejecting smuggling."""
+    transfer_encoding: list[bytes] = []
+    content_length: int | None = None
+    connection: tuple[bytes, ...] = ()
+    host: bytes | None = None
+    for name, value in head.headers:
+        if name == b"content-length":
+            content_length = _parse_content_length(value, content_length)
+        elif name == b"transfer-encoding":
+            transfer_encoding.extend(_connection_tokens(value))
+        elif name == b"connection":
+            connection += _connection_tokens(value)
+        elif name == b"host":
+            if host is not None:
+                raise BadRequest("duplicate host header")
+            host = value
+        elif name == b"upgrade":
+            head.upgrade = value
+        elif name == b"expect":
+            if value.strip().lower() == b"100-continue":
+                head.expect_continue = True
+            else:
+                raise ExpectationFailed("unsupported expectation")
+    if transfer_encoding:
+        if content_length is not None:
+            raise BadRequest("both content-length and transfer-encoding")
+        if transfer_encoding != [b"chunked"]:
+            raise NotImplementedByGuard("transfer-encoding other than chunked")
+        head.chunked = True
+    head.content_length = content_length
+    head.connection_tokens = connection
+    if head.version == b"1.1":
+        if host is None:
+            raise BadRequest("missing host header")
+        head.keep_alive = b"close" not in connection
+    else:
+        head.keep_alive = b"keep-alive" in connection
+    head.host = host or b""
+    if head.upgrade is not None and b"upgrade" not in connection:
+        head.upgrade = None  # an Upgrade header without Connection: upgrade asks for nothing
+
+
+def apply_response_framing(head: ResponseHead, method: bytes) -> None:
+    transfer_encoding: list[bytes] = []
+    content_length: int | None = None
+    connection: tuple[bytes, ...] = ()
+    for name, value in head.headers:
+        if name == b"content-length":
+            try:
+                content_length = _parse_content_length(value, content_length)
+            except BadRequest as e:
+                raise UpstreamProtocolError(str(e)) from None
+        elif name == b"transfer-encoding":
+            transfer_encoding.extend(_connection_tokens(value))
+        elif name == b"connection":
+            connection += _connection_tokens(value)
+    status = head.status
+    no_body = method == b"HEAD" or status < 200 or status in (204, 304)
+    if transfer_encoding and not no_body:
+        if transfer_encoding[-1] != b"chunked" or transfer_encoding.count(b"chunked") != 1:
+            # A response with a non-chunked final coding is delimited by close (RFC 9112 6.3).
+            head.until_close = True
+        else:
+            head.chunked = True
+        content_length = None
+    elif content_length is None and not no_body:
+        head.until_close = True
+    head.content_length = content_length
+    head.connection_tokens = connection
+    if head.version == b"1.1":
+        head.keep_alive = b"close" not in connection
+    else:
+        head.keep_alive = b"keep-alive" in connection
+    if head.until_close:
+        head.keep_alive = False
+
+
+def make_request_parser(
+    name: str, events: RequestEvents, *, max_header_bytes: int, max_headers: int
+) -> RequestParser:
+    if name == "httptools":
+        from guard.http.codec_httptools import HttptoolsRequestParser
+
+        return HttptoolsRequestParser(events, max_header_bytes, max_headers)
+    if name == "h11":
+        from guard.http.codec_h11 import H11RequestParser
+
+        return H11RequestParser(events, max_header_bytes, max_headers)
+    raise ValueError(f"unknown parser {name!r}")
+
+
+def make_response_parser(
+    name: str, events: ResponseEvents, *, max_header_bytes: int, max_headers: int
+) -> ResponseParser:
+    if name == "httptools":
+        from guard.http.codec_httptools import HttptoolsResponseParser
+
+        return HttptoolsResponseParser(events, max_header_bytes, max_headers)
+    if name == "h11":
+        from guard.http.codec_h11 import H11ResponseParser
+
+        return H11ResponseParser(events, max_header_bytes, max_headers)
+    raise ValueError(f"unknown parser {name!r}")

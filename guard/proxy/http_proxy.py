@@ -1,0 +1,668 @@
+"""The client side of the HTTP/1.1 proxy: one ``asyncio.Protocol`` per client connection.
+
+Everything runs in callbacks; the only task is opening a new upstream connection. One
+request is *active* at a time (responses must go back in order); pipelined requests that
+arrive meanwhile wait in ``_pending`` with reading paused. Bodies stream in both directions
+and each side's write buffer pauses the other side's reading, so memory stays bounded
+whatever the client or backend speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections import deque
+
+from guard.errors import (
+    BadRequest,
+    BodyTooLarge,
+    GuardError,
+    NoHealthyUpstream,
+    NotImplementedByGuard,
+    RequestTimeout,
+    RouteNotFound,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
+from guard.http.codec import RequestHead, ResponseHead, make_request_parser
+from guard.http.forwarding import (
+    error_response_bytes,
+    forwarded_for_value,
+    informational_bytes,
+    request_head_bytes,
+    response_head_bytes,
+)
+from guard.proxy.context import ListenerContext, RouteStats
+from guard.proxy.deadlines import NEVER
+from guard.upstream.pool import UpstreamConnection, UpstreamPool
+
+# Read-pause reasons: reading resumes only when none is left.
+_PAUSE_PIPELINE = 1  # a complete request waits for the active one's response
+_PAUSE_UPSTREAM = 2  # the backend's socket buffer is full
+_PAUSE_BUFFER = 4  # body bytes wait for an upstream connection
+_PAUSE_STOPPED = 8  # nothing more will be read (parse error, upgrade)
+
+_MAX_EARLY_BODY = 256 * 1024  # body buffered before the upstream connection is ready
+_MAX_REPLAY = 64 * 1024  # bytes kept so a request can be resent on a fresh connection
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+# Deadline kinds
+_T_HEADER, _T_IDLE, _T_RESPONSE = 1, 2, 3
+
+
+class _Request:
+    """A parsed request head plus what arrived of its body before it became active."""
+
+    __slots__ = ("body", "complete", "head")
+
+    def __init__(self, head: RequestHead) -> None:
+        self.head = head
+        self.body: list[bytes] = []
+        self.complete = False
+
+
+class HttpProxyProtocol(asyncio.Protocol):
+    __slots__ = (
+        "_active",
+        "_body_bytes",
+        "_client_ip",
+        "_client_ip_b",
+        "_closed",
+        "_ctx",
+        "_deadline_kind",
+        "_error_after_active",
+        "_forwarded_for",
+        "_keep_alive",
+        "_out_chunked",
+        "_parser",
+        "_parsing",
+        "_pending",
+        "_pool",
+        "_read_paused",
+        "_replay",
+        "_requests_served",
+        "_resp_keep_alive",
+        "_response_started",
+        "_retried",
+        "_route_name",
+        "_service_name",
+        "_stats",
+        "_status",
+        "_t_start",
+        "_t_upstream",
+        "_target",
+        "_trusted",
+        "_upstream",
+        "_write_paused",
+        "bytes_in",
+        "bytes_out",
+        "deadline",
+        "transport",
+    )
+
+    def __init__(self, ctx: ListenerContext) -> None:
+        self._ctx = ctx
+        http = ctx.http
+        self._parser = make_request_parser(
+            http.parser,
+            self,
+            max_header_bytes=http.limits.max_header_bytes,
+            max_headers=http.limits.max_headers,
+        )
+        self.transport: asyncio.Transport | None = None
+        self._closed = False
+        self._active: _Request | None = None
+        self._parsing: _Request | None = None
+        self._pending: deque[_Request] = deque()
+        self._read_paused = 0
+        self._write_paused = False
+        self._upstream: UpstreamConnection | None = None
+        self._pool: UpstreamPool | None = None
+        self._error_after_active: GuardError | None = None
+        self._requests_served = 0
+        self._reset_exchange()
+        self.deadline = NEVER
+        self._deadline_kind = 0
+
+    def _reset_exchange(self) -> None:
+        self._response_started = False
+        self._resp_keep_alive = False
+        self._status = 0
+        self._out_chunked = False
+        self._keep_alive = True
+        self._body_bytes = 0
+        self._replay: list[bytes] | None = []
+        self._retried = False
+        self._target = b""
+        self._route_name = ""
+        self._service_name = ""
+        self._stats: RouteStats | None = None
+        self._t_start = 0.0
+        self._t_upstream = 0.0
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    # ------------------------------------------------------------------ connection
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        ctx = self._ctx
+        peer = transport.get_extra_info("peername")
+        ip = peer[0] if isinstance(peer, tuple) else ""
+        self._client_ip = ip
+        self._client_ip_b = ip.encode()
+        self._forwarded_for = forwarded_for_value(ip) if ip else b"for=unknown"
+        self._trusted = ip in ctx.trusted
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ctx.connections.add(self)
+        ctx.sweeper.add(self)
+        self._set_deadline(_T_HEADER, ctx.http.timeouts.request_header)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        ctx = self._ctx
+        ctx.connections.discard(self)
+        ctx.sweeper.discard(self)
+        if self._active is not None:
+            self._abort_upstream()
+            self._finish_stats(499 if not self._response_started else 0, "client_closed")
+            self._active = None
+        self._pending.clear()
+
+    def data_received(self, data: bytes) -> None:
+        if self._deadline_kind == _T_IDLE:
+            self._set_deadline(_T_HEADER, self._ctx.http.timeouts.request_header)
+        try:
+            self._parser.feed(data)
+        except GuardError as e:
+            self._on_parse_error(e)
+            return
+        if self._parser.upgraded_tail is not None and self._parsing is None:
+            # An Upgrade request ended the HTTP stream; its answer was already decided.
+            self._stop_reading()
+
+    def eof_received(self) -> bool:
+        # A client half-close ends the connection after the active response (if any).
+        if self._active is None:
+            return False
+        self._keep_alive = False
+        self._pending.clear()
+        return True
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        if self._upstream is not None:
+            self._upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._upstream is not None:
+            self._upstream.resume_reading()
+
+    def on_deadline(self) -> None:
+        kind = self._deadline_kind
+        self._deadline_kind = 0
+        if kind == _T_RESPONSE:
+            self._fail_exchange(UpstreamTimeout("upstream did not answer in time"))
+        elif kind == _T_HEADER and (self._parsing is not None or self._active is not None):
+            self._respond_error_and_close(RequestTimeout("request header not received in time"))
+        else:
+            self._close()
+
+    def _set_deadline(self, kind: int, timeout: float) -> None:
+        self._deadline_kind = kind
+        self.deadline = self._ctx.sweeper.now + timeout if timeout > 0 else NEVER
+
+    def _clear_deadline(self) -> None:
+        self._deadline_kind = 0
+        self.deadline = NEVER
+
+    def _pause(self, reason: int) -> None:
+        if not self._read_paused and self.transport is not None and not self._closed:
+            self.transport.pause_reading()
+        self._read_paused |= reason
+
+    def _resume(self, reason: int) -> None:
+        if self._read_paused & reason:
+            self._read_paused &= ~reason
+            if not self._read_paused and self.transport is not None and not self._closed:
+                self.transport.resume_reading()
+
+    def _stop_reading(self) -> None:
+        self._pause(_PAUSE_STOPPED)
+
+    def _close(self) -> None:
+        if not self._closed and self.transport is not None:
+            self._closed = True
+            self.transport.close()
+
+    def drain(self) -> None:
+        """Graceful shutdown: close now if idle, else after the active response."""
+        if self._active is None and self._parsing is None:
+            self._close()
+        else:
+            self._keep_alive = False
+
+    # ------------------------------------------------------------ request events
+    def on_request_head(self, head: RequestHead) -> None:
+        req = _Request(head)
+        self._parsing = req
+        if self._active is None:
+            self._activate(req)
+        else:
+            self._pending.append(req)
+            self._pause(_PAUSE_PIPELINE)
+
+    def on_request_body(self, data: bytes) -> None:
+        req = self._parsing
+        if req is None:
+            return
+        if req is not self._active:
+            req.body.append(data)
+            return
+        self._body_bytes += len(data)
+        if self._body_bytes > self._ctx.http.limits.max_body:
+            self._fail_exchange(BodyTooLarge("request body too large"), close=True)
+            return
+        self._send_body(data)
+
+    def on_request_complete(self) -> None:
+        req = self._parsing
+        self._parsing = None
+        if req is None:
+            return
+        req.complete = True
+        if req is self._active:
+            self._set_deadline(_T_RESPONSE, self._ctx.http.timeouts.response_header)
+            if req.head.chunked and self._upstream is not None:
+                self._send_upstream(b"0\r\n\r\n")
+        elif req in self._pending:
+            if self._deadline_kind == _T_HEADER:
+                self._clear_deadline()
+        elif self._active is None and not self._pending:
+            # Answered (by Guard) before it finished arriving: now the connection idles.
+            self._set_deadline(_T_IDLE, self._ctx.http.timeouts.idle)
+
+    def _on_parse_error(self, err: GuardError) -> None:
+        self._parsing = None
+        self._stop_reading()
+        if self._active is not None and self._response_started:
+            # Answer the broken request in order, after the response in progress.
+            self._error_after_active = err
+            self._keep_alive = False
+            return
+        if self._active is not None:
+            self._abort_upstream()
+            self._finish_stats(err.status, err.code)
+            self._active = None
+        self._respond_error_and_close(err)
+
+    # ---------------------------------------------------------- starting exchange
+    def _activate(self, req: _Request) -> None:
+        self._reset_exchange()
+        self._active = req
+        self._t_start = time.perf_counter()
+        ctx = self._ctx
+        head = req.head
+        if req.complete:
+            self._set_deadline(_T_RESPONSE, ctx.http.timeouts.response_header)
+        else:
+            self._clear_deadline()
+        if self._requests_served >= ctx.http.limits.max_requests_per_connection - 1:
+            self._keep_alive = False
+        if not head.keep_alive or ctx.draining:
+            self._keep_alive = False
+        if req.body:
+            # a pipelined request whose body arrived while it waited
+            self._body_bytes = sum(map(len, req.body))
+        try:
+            if self._body_bytes > ctx.http.limits.max_body:
+                raise BodyTooLarge("request body too large")
+            if head.upgrade is not None:
+                raise NotImplementedByGuard("protocol upgrade is not supported yet")
+            if head.method == b"CONNECT":
+                raise NotImplementedByGuard("CONNECT is not supported")
+            if head.content_length is not None and head.content_length > ctx.http.limits.max_body:
+                raise BodyTooLarge("request body too large")
+            target = head.target
+            if not target.startswith(b"/"):
+                target = self._origin_form(head)
+            path = target if (q := target.find(b"?")) < 0 else target[:q]
+            match = ctx.table.match(head.host, path, head.method, head.headers)
+            if match is None:
+                raise RouteNotFound(f"no route for {head.host.decode('latin-1')}")
+            route = match.route
+            self._route_name = route.name
+            self._stats = ctx.route_stats(route.name)
+            service = route.target
+            self._service_name = service.name
+            self._target = route.rewrite_target(target) if route.strip_prefix else target
+            pool = service.pick(head.headers, self._client_ip, path)
+            if pool is None:
+                raise NoHealthyUpstream(f"no available server for service {service.name}")
+        except GuardError as e:
+            self._answer_error(e)
+            return
+        self._pool = pool
+        pool.backend.in_flight += 1
+        conn = pool.acquire()
+        if conn is not None:
+            self._attach(conn)
+        else:
+            pool.connect(self._on_connected)
+            if head.expect_continue and head.version == b"1.1":
+                # Let the client start the body while the connection opens.
+                self._write(_CONTINUE)
+                head.expect_continue = False
+
+    @staticmethod
+    def _origin_form(head: RequestHead) -> bytes:
+        target = head.target
+        if target == b"*" and head.method == b"OPTIONS":
+            return target
+        # absolute-form: the proxy routes by the URI's authority (RFC 9112 3.2.2)
+        scheme_end = target.find(b"://")
+        if scheme_end < 0:
+            raise BadRequest("invalid request target")
+        rest = target[scheme_end + 3 :]
+        slash = rest.find(b"/")
+        authority, origin = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
+        head.host = authority
+        return origin
+
+    def _on_connected(self, conn: UpstreamConnection | None, err: GuardError | None) -> None:
+        pool = self._pool
+        if self._active is None or self._closed or pool is None:
+            if conn is not None and pool is not None:
+                pool.release(conn)
+            elif conn is not None:
+                conn.close()
+            return
+        if conn is None:
+            assert err is not None
+            self._fail_exchange(err)
+            return
+        self._attach(conn)
+
+    def _attach(self, conn: UpstreamConnection) -> None:
+        req = self._active
+        assert req is not None
+        head = req.head
+        self._upstream = conn
+        conn.attach(self, head.method)
+        self._t_upstream = time.perf_counter()
+        data = request_head_bytes(
+            head,
+            self._target,
+            client_ip=self._client_ip_b,
+            forwarded_for=self._forwarded_for,
+            proto=self._ctx.proto,
+            trusted=self._trusted,
+            via=self._ctx.via,
+        )
+        self._replay = [data]
+        conn.write(data)
+        if self._write_paused:
+            conn.pause_reading()
+        body, req.body = req.body, []
+        for chunk in body:
+            self._send_body(chunk)
+        if req.complete and head.chunked:
+            self._send_upstream(b"0\r\n\r\n")
+        self._resume(_PAUSE_BUFFER)
+
+    def _send_body(self, data: bytes) -> None:
+        if self._upstream is None:
+            req = self._active
+            assert req is not None
+            req.body.append(data)
+            if sum(map(len, req.body)) > _MAX_EARLY_BODY:
+                self._pause(_PAUSE_BUFFER)
+            return
+        if self._active is not None and self._active.head.chunked:
+            self._send_upstream(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            self._send_upstream(data)
+
+    def _send_upstream(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        replay = self._replay
+        if replay is not None:
+            if sum(map(len, replay)) + len(data) <= _MAX_REPLAY:
+                replay.append(data)
+            else:
+                self._replay = None
+        upstream = self._upstream
+        if upstream is not None:
+            upstream.write(data)
+
+    # -------------------------------------------------------- upstream callbacks
+    def on_response_head(self, head: ResponseHead) -> None:
+        req = self._active
+        if req is None:
+            return
+        client_version = req.head.version
+        if head.status < 200:
+            if head.status == 101:
+                self.on_upstream_error(
+                    self._upstream, UpstreamProtocolError("unexpected protocol switch")
+                )
+            elif head.status == 100:
+                if req.head.expect_continue and client_version == b"1.1":
+                    req.head.expect_continue = False
+                    self._write(_CONTINUE)
+            elif client_version == b"1.1":
+                self._write(informational_bytes(head))
+            return
+        self._response_started = True
+        self._status = head.status
+        self._resp_keep_alive = head.keep_alive
+        self._clear_deadline()
+        if not req.complete:
+            # An early answer: the rest of the request body would be left unread.
+            self._keep_alive = False
+        delimited = head.chunked or head.until_close
+        if delimited and client_version == b"1.1":
+            self._out_chunked = True
+        elif delimited:
+            self._keep_alive = False  # an HTTP/1.0 client reads to the close
+        if self._stats is not None:
+            self._stats.status_classes[min(head.status // 100, 5)] += 1
+        self._write(
+            response_head_bytes(
+                head,
+                chunked=self._out_chunked,
+                keep_alive=self._keep_alive,
+                client_version=client_version,
+                via=self._ctx.via,
+            )
+        )
+        self._replay = None
+
+    def on_response_body(self, data: bytes) -> None:
+        if self._closed or self.transport is None:
+            return
+        self.bytes_out += len(data)
+        if self._out_chunked:
+            self.transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            self.transport.write(data)
+
+    def on_response_complete(self) -> None:
+        if self._out_chunked:
+            self._write(b"0\r\n\r\n")
+        req = self._active
+        upstream = self._upstream
+        self._upstream = None
+        pool = self._pool
+        if upstream is not None and pool is not None:
+            if req is not None and req.complete and self._resp_keep_alive:
+                pool.release(upstream)
+            else:
+                upstream.close()
+        self._end_exchange(self._status, "")
+
+    def on_upstream_error(self, conn: UpstreamConnection | None, error: GuardError) -> None:
+        if conn is not self._upstream:
+            return
+        self._fail_exchange(error)
+
+    def on_upstream_lost(self, conn: UpstreamConnection) -> None:
+        if conn is not self._upstream or self._active is None:
+            return
+        self._upstream = None
+        if (
+            not self._response_started
+            and conn.uses > 1
+            and not self._retried
+            and self._replay is not None
+            and self._pool is not None
+        ):
+            # A keep-alive connection the backend closed as we reused it: send the request
+            # again, once, on a fresh connection.
+            self._retried = True
+            self._pool.connect(self._on_reconnected)
+            return
+        if self._response_started:
+            self._fail_exchange(UpstreamProtocolError("upstream closed mid-response"))
+        else:
+            self._fail_exchange(
+                UpstreamProtocolError("upstream closed the connection without a response")
+            )
+
+    def _on_reconnected(self, conn: UpstreamConnection | None, err: GuardError | None) -> None:
+        if self._active is None or self._closed:
+            if conn is not None:
+                conn.close()
+            return
+        if conn is None:
+            assert err is not None
+            self._fail_exchange(err)
+            return
+        replay = self._replay or []
+        self._upstream = conn
+        conn.attach(self, self._active.head.method)
+        for data in replay:
+            conn.write(data)
+        if self._write_paused:
+            conn.pause_reading()
+
+    def on_upstream_pause(self) -> None:
+        self._pause(_PAUSE_UPSTREAM)
+
+    def on_upstream_resume(self) -> None:
+        self._resume(_PAUSE_UPSTREAM)
+
+    # ----------------------------------------------------------------- endings
+    def _fail_exchange(self, err: GuardError, *, close: bool = False) -> None:
+        """The active exchange cannot complete normally."""
+        if self._active is None:
+            return
+        self._abort_upstream()
+        if self._response_started:
+            # Too late for an error answer: cut the connection so the client sees a
+            # truncated body, never a silently short one.
+            self._finish_stats(0, err.code)
+            self._active = None
+            self._close()
+            return
+        if close or (self._active is not None and not self._active.complete):
+            self._keep_alive = False
+        self._answer_error(err)
+
+    def _answer_error(self, err: GuardError) -> None:
+        req = self._active
+        if req is not None and not req.complete and req.head.has_body:
+            # The body was not read: the connection cannot carry another request.
+            self._keep_alive = False
+        head_only = req is not None and req.head.method == b"HEAD"
+        self._write(
+            error_response_bytes(
+                err.status, err.code, err.message, keep_alive=self._keep_alive,
+                head_only=head_only,
+            )
+        )
+        if self._stats is not None:
+            self._stats.errors += 1
+            self._stats.status_classes[min(err.status // 100, 5)] += 1
+        self._end_exchange(err.status, err.code)
+
+    def _end_exchange(self, status: int, error: str) -> None:
+        self._finish_stats(status, error)
+        self._active = None
+        self._requests_served += 1
+        if self._closed:
+            return
+        err = self._error_after_active
+        if err is not None:
+            self._error_after_active = None
+            self._respond_error_and_close(err)
+            return
+        if not self._keep_alive:
+            self._close()
+            return
+        if self._pending:
+            nxt = self._pending.popleft()
+            if not self._pending:
+                self._resume(_PAUSE_PIPELINE)
+            self._activate(nxt)
+            return
+        if self._parsing is not None:
+            # The next request's head is still arriving.
+            self._set_deadline(_T_HEADER, self._ctx.http.timeouts.request_header)
+        else:
+            self._set_deadline(_T_IDLE, self._ctx.http.timeouts.idle)
+
+    def _finish_stats(self, status: int, error: str) -> None:
+        pool = self._pool
+        if pool is not None:
+            pool.backend.in_flight -= 1
+            self._pool = None
+        stats = self._stats
+        if stats is not None:
+            stats.requests += 1
+            stats.bytes_in += self.bytes_in
+            stats.bytes_out += self.bytes_out
+        log = self._ctx.access_log
+        if log is not None and self._active is not None:
+            now = time.perf_counter()
+            head = self._active.head
+            log.write(
+                {
+                    "ts": time.time(),
+                    "listener": self._ctx.name,
+                    "client": self._client_ip,
+                    "method": head.method.decode("latin-1"),
+                    "host": head.host.decode("latin-1"),
+                    "path": head.path.decode("latin-1"),
+                    "route": self._route_name or None,
+                    "service": self._service_name or None,
+                    "backend": pool.backend.name if pool is not None else None,
+                    "status": status or None,
+                    "error": error or None,
+                    "bytes_in": self.bytes_in,
+                    "bytes_out": self.bytes_out,
+                    "duration": round(now - self._t_start, 6),
+                    "upstream_duration": round(now - self._t_upstream, 6)
+                    if self._t_upstream
+                    else None,
+                }
+            )
+
+    def _abort_upstream(self) -> None:
+        upstream = self._upstream
+        self._upstream = None
+        if upstream is not None:
+            upstream.close()
+
+    def _respond_error_and_close(self, err: GuardError) -> None:
+        self._keep_alive = False
+        self._write(error_response_bytes(err.status, err.code, err.message, keep_alive=False))
+        self._close()
+
+    def _write(self, data: bytes) -> None:
+        if not self._closed and self.transport is not None:
+            self.transport.write(data)
+

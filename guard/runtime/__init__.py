@@ -1,0 +1,1 @@
+"""Processes: the supervisor (control plane) and data-plane workers."""

@@ -1,0 +1,104 @@
+"""The supervisor for ``workers > 1``: starts N data-plane workers and keeps them alive.
+
+Workers are fresh interpreters (``python -m guard.runtime.worker``) rather than forks, so
+none inherits loop or socket state; each binds the listeners with SO_REUSEPORT. A worker
+that dies is restarted with a growing backoff; one that dies at its very first start (a
+port in use, say) stops Guard with its exit code. SIGTERM drains every worker; SIGHUP is
+passed on so each reloads its routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from guard.config.model import GuardConfig
+
+log = logging.getLogger("guard.supervisor")
+
+_FIRST_START_GRACE = 1.5  # seconds a worker must live for its first start to count
+_MAX_BACKOFF = 30.0
+
+
+class Supervisor:
+    def __init__(self, config: GuardConfig) -> None:
+        self.config = config
+        self.procs: dict[int, asyncio.subprocess.Process] = {}
+        self.stopping = False
+        self.failed: int | None = None
+        self.restarts = 0
+
+    async def _spawn(self, worker_id: int) -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "guard.runtime.worker",
+            "--config",
+            str(Path(self.config.path).resolve()),
+            "--worker-id",
+            str(worker_id),
+        )
+        self.procs[worker_id] = proc
+        log.info("worker %d started (pid %d)", worker_id, proc.pid)
+        return proc
+
+    async def _keep(self, worker_id: int, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        backoff = 0.1
+        first = True
+        while not self.stopping:
+            started = loop.time()
+            proc = await self._spawn(worker_id)
+            rc = await proc.wait()
+            if self.stopping:
+                return
+            lived = loop.time() - started
+            if first and lived < _FIRST_START_GRACE:
+                log.error("worker %d failed at start (exit %s); stopping", worker_id, rc)
+                self.failed = rc if rc else 1
+                stop.set()
+                return
+            first = False
+            backoff = 0.1 if lived > _MAX_BACKOFF else min(backoff * 2, _MAX_BACKOFF)
+            self.restarts += 1
+            log.warning("worker %d exited (%s) after %.1fs; restarting in %.1fs",
+                        worker_id, rc, lived, backoff)
+            await asyncio.sleep(backoff)
+
+    def _signal_all(self, sig: int) -> None:
+        for proc in self.procs.values():
+            if proc.returncode is None:
+                proc.send_signal(sig)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._signal_all(signal.SIGHUP))
+        keepers = [
+            asyncio.create_task(self._keep(i, stop)) for i in range(self.config.workers)
+        ]
+        print(f"guard: supervising {self.config.workers} workers", file=sys.stderr, flush=True)
+        await stop.wait()
+        self.stopping = True
+        self._signal_all(signal.SIGTERM)
+        grace = self.config.http.timeouts.drain + 5.0
+        waits = [p.wait() for p in self.procs.values()]
+        try:
+            await asyncio.wait_for(asyncio.gather(*waits), grace)
+        except TimeoutError:
+            log.warning("workers still running %.0fs after SIGTERM; killing them", grace)
+            self._signal_all(signal.SIGKILL)
+            await asyncio.gather(*(p.wait() for p in self.procs.values()))
+        for k in keepers:
+            k.cancel()
+        await asyncio.gather(*keepers, return_exceptions=True)
+        return self.failed or 0
+
+
+async def supervise(config: GuardConfig) -> int:
+    return await Supervisor(config).run()

@@ -1,0 +1,55 @@
+"""Which valid config keys this build cannot serve yet.
+
+``guard check`` accepts the whole contract; ``guard run`` refuses to start on a key whose
+feature has not landed, naming file and key, so nothing is ever silently skipped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from guard.config.model import GuardConfig, HttpLimits, HttpTimeouts
+from guard.errors import NotSupportedYet
+
+SERVED_LISTENER_PROTOCOLS = frozenset({"http"})
+
+
+def _name(path: Path | None, fallback: Path) -> str:
+    return str(path or fallback)
+
+
+def unsupported(config: GuardConfig) -> list[NotSupportedYet]:
+    main = str(config.path)
+    found: list[NotSupportedYet] = []
+    for name, listener in config.listeners.items():
+        if listener.protocol not in SERVED_LISTENER_PROTOCOLS:
+            found.append(NotSupportedYet(main, f"listeners.{name}.protocol: {listener.protocol}"))
+    if config.admin is not None:
+        found.append(NotSupportedYet(main, "admin"))
+    if config.usage is not None:
+        found.append(NotSupportedYet(main, "usage"))
+    if config.tenants:
+        found.append(NotSupportedYet(main, "tenants"))
+    limits, timeouts = config.http.limits, config.http.timeouts
+    defaults_l, defaults_t = HttpLimits(), HttpTimeouts()
+    for key in ("max_connections", "max_connections_per_ip"):
+        if getattr(limits, key) != getattr(defaults_l, key):
+            found.append(NotSupportedYet(main, f"http.limits.{key}"))
+    for key in ("websocket_idle", "tls_handshake", "body_read"):
+        if getattr(timeouts, key) != getattr(defaults_t, key):
+            found.append(NotSupportedYet(main, f"http.timeouts.{key}"))
+    for route in config.routes.routes:
+        file = _name(route.source, config.routes_path)
+        for key in ("websocket", "rate_limit"):
+            if getattr(route, key) is not None:
+                found.append(NotSupportedYet(file, f"routes.{route.name}.{key}"))
+    for svc in config.routes.services.values():
+        file = _name(svc.source, config.routes_path)
+        if svc.container is not None:
+            found.append(NotSupportedYet(file, f"services.{svc.name}.container"))
+        if svc.per_key:
+            found.append(NotSupportedYet(file, f"services.{svc.name}.per_key"))
+        for key in ("health", "retries", "proxy_protocol", "limits", "outlier"):
+            if getattr(svc, key) is not None:
+                found.append(NotSupportedYet(file, f"services.{svc.name}.{key}"))
+    return found
