@@ -35,10 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-TARGETS = ("guard", "haproxy", "nginx", "direct")
+TARGETS = ("guard", "relay", "haproxy", "nginx", "direct")
 # What each target is, for the results file.
 DESCRIPTIONS = {
     "guard": "Guard, workers: 1",
+    "relay": "benchmarks/baseline_relay.py, a featureless uvloop+httptools relay (Python's floor)",
     "haproxy": "HAProxy, nbthread 1, http-reuse always",
     "nginx": "nginx proxy, 1 worker, upstream keepalive 64",
     "direct": "backend nginx without a proxy",
@@ -536,6 +537,17 @@ def start_all(
             gdir / "guard.log",
             cwd=str(gdir),
             env=env,
+        )
+
+    if "relay" in args.only:
+        # The featureless Python relay: the ceiling for any Python proxy on this machine.
+        port = free_port()
+        servers["relay"] = procs.start(
+            "relay",
+            [sys.executable, str(REPO / "benchmarks" / "baseline_relay.py"), str(port),
+             str(backend_port)],
+            port,
+            tmp / "relay.log",
         )
 
     for name in args.only:

@@ -35,6 +35,7 @@ from guard.http.forwarding import (
 )
 from guard.proxy.context import ListenerContext, RouteStats
 from guard.proxy.deadlines import NEVER
+from guard.proxy.writes import CORK, BufferedWriter
 from guard.upstream.pool import UpstreamConnection, UpstreamPool
 
 # Read-pause reasons: reading resumes only when none is left.
@@ -62,7 +63,7 @@ class _Request:
         self.complete = False
 
 
-class HttpProxyProtocol(asyncio.Protocol):
+class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
     __slots__ = (
         "_active",
         "_body_bytes",
@@ -94,6 +95,7 @@ class HttpProxyProtocol(asyncio.Protocol):
         "_target",
         "_trusted",
         "_upstream",
+        "_wbuf",
         "_write_paused",
         "bytes_in",
         "bytes_out",
@@ -111,6 +113,7 @@ class HttpProxyProtocol(asyncio.Protocol):
             max_headers=http.limits.max_headers,
         )
         self.transport: asyncio.Transport | None = None
+        self._wbuf: list[bytes] = []
         self._closed = False
         self._active: _Request | None = None
         self._parsing: _Request | None = None
@@ -174,11 +177,14 @@ class HttpProxyProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._deadline_kind == _T_IDLE:
             self._set_deadline(_T_HEADER, self._ctx.http.timeouts.request_header)
+        CORK.depth += 1
         try:
             self._parser.feed(data)
         except GuardError as e:
             self._on_parse_error(e)
             return
+        finally:
+            CORK.release()
         if self._parser.upgraded_tail is not None and self._parsing is None:
             # An Upgrade request ended the HTTP stream; its answer was already decided.
             self._stop_reading()
@@ -235,6 +241,7 @@ class HttpProxyProtocol(asyncio.Protocol):
 
     def _close(self) -> None:
         if not self._closed and self.transport is not None:
+            self.flush_writes()
             self._closed = True
             self.transport.close()
 
@@ -486,9 +493,11 @@ class HttpProxyProtocol(asyncio.Protocol):
             return
         self.bytes_out += len(data)
         if self._out_chunked:
-            self.transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+            self._out(b"%x\r\n" % len(data))
+            self._out(data)
+            self._out(b"\r\n")
         else:
-            self.transport.write(data)
+            self._out(data)
 
     def on_response_complete(self) -> None:
         if self._out_chunked:
@@ -663,6 +672,6 @@ class HttpProxyProtocol(asyncio.Protocol):
         self._close()
 
     def _write(self, data: bytes) -> None:
-        if not self._closed and self.transport is not None:
-            self.transport.write(data)
+        if not self._closed:
+            self._out(data)
 

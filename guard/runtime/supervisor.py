@@ -2,9 +2,9 @@
 
 Workers are fresh interpreters (``python -m guard.runtime.worker``) rather than forks, so
 none inherits loop or socket state; each binds the listeners with SO_REUSEPORT. A worker
-that dies is restarted with a growing backoff; one that dies at its very first start (a
-port in use, say) stops Guard with its exit code. SIGTERM drains every worker; SIGHUP is
-passed on so each reloads its routes.
+that dies is restarted with a growing backoff; one that exits with an error at its very
+first start (a port in use, say) stops Guard with its exit code. SIGTERM drains every
+worker; SIGHUP is passed on so each reloads its routes.
 """
 
 from __future__ import annotations
@@ -56,7 +56,9 @@ class Supervisor:
             if self.stopping:
                 return
             lived = loop.time() - started
-            if first and lived < _FIRST_START_GRACE:
+            if first and lived < _FIRST_START_GRACE and rc is not None and rc > 0:
+                # Its own error exit at start (a port in use, a bad file): restarting
+                # would only loop. A worker killed by a signal is restarted instead.
                 log.error("worker %d failed at start (exit %s); stopping", worker_id, rc)
                 self.failed = rc if rc else 1
                 stop.set()

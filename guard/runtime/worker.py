@@ -116,7 +116,9 @@ class Worker:
     def reload_routes(self) -> bool:
         """Rebuild route tables and services from the route files; keep the old on error."""
         try:
-            routes = load_routes(self.config.routes_path, self.config.listeners)
+            routes = load_routes(
+                self.config.routes_path, self.config.listeners, self.config.drivers
+            )
         except ConfigErrors as e:
             log.error("route reload rejected, keeping the current table:\n%s", e)
             return False
@@ -198,7 +200,11 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging()
     config = load_config(args.config)
-    return run(serve(config, reuse_port=True, worker_id=args.worker_id))
+    try:
+        return run(serve(config, reuse_port=True, worker_id=args.worker_id))
+    except OSError as e:
+        print(f"guard worker {args.worker_id}: cannot listen: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

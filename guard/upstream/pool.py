@@ -18,6 +18,7 @@ from guard.balancing.backend import Backend
 from guard.errors import GuardError, UpstreamConnectFailed, UpstreamTimeout
 from guard.http.codec import ResponseHead, make_response_parser
 from guard.proxy.deadlines import NEVER, DeadlineSweeper
+from guard.proxy.writes import CORK, BufferedWriter
 from guard.upstream.resolver import ResolveError, Resolver
 
 if TYPE_CHECKING:
@@ -46,8 +47,10 @@ class UpstreamSettings:
     max_idle_per_backend: int = 256
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(BufferedWriter, asyncio.Protocol):
     __slots__ = (
+        "_got_bytes",
+        "_wbuf",
         "client",
         "closed",
         "deadline",
@@ -64,9 +67,11 @@ class UpstreamConnection(asyncio.Protocol):
             s.parser, self, max_header_bytes=s.max_header_bytes, max_headers=s.max_headers
         )
         self.transport: asyncio.Transport | None = None
+        self._wbuf: list[bytes] = []
         self.client: UpstreamClient | None = None
         self.closed = False
         self.uses = 0  # requests carried; > 1 means a reused keep-alive connection
+        self._got_bytes = False  # any response byte since the current attach()
         self.deadline = NEVER
 
     # -- asyncio.Protocol
@@ -82,13 +87,22 @@ class UpstreamConnection(asyncio.Protocol):
             # Bytes on an idle connection answer no request: it cannot be trusted again.
             self.close()
             return
+        self._got_bytes = True
+        CORK.depth += 1
         try:
             self.parser.feed(data)
         except GuardError as e:
             client.on_upstream_error(self, e)
+        finally:
+            CORK.release()
 
     def eof_received(self) -> bool:
-        if self.client is not None:
+        # EOF before any byte of the response is not a malformed response: it is the
+        # backend closing a (reused) connection, which connection_lost -> on_upstream_lost
+        # retries or answers. Only feed the parser an EOF that can end or cut a response
+        # (h11 raises on an EOF in SEND_RESPONSE, which made a stale pooled connection a
+        # 502 under `parser: h11` instead of a retry).
+        if self.client is not None and self._got_bytes:
             try:
                 if self.parser.feed_eof():
                     return False
@@ -133,11 +147,11 @@ class UpstreamConnection(asyncio.Protocol):
     def attach(self, client: UpstreamClient, method: bytes) -> None:
         self.client = client
         self.uses += 1
+        self._got_bytes = False
         self.parser.start(method)
 
     def write(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(data)
+        self._out(data)
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.closed:
