@@ -40,8 +40,8 @@ class Balancer(ABC):
         """The current membership, available or not."""
 
 
-class RoundRobin(Balancer):
-    """Each available backend in turn."""
+class _Rotating(Balancer):
+    """Backends in a fixed order with a moving start position."""
 
     __slots__ = ("_backends", "_n", "_next")
 
@@ -62,6 +62,12 @@ class RoundRobin(Balancer):
         # do not keep sending the next request to the first backend.
         self._next = self._next % self._n if self._n else 0
 
+
+class RoundRobin(_Rotating):
+    """Each available backend in turn."""
+
+    __slots__ = ()
+
     def pick(self, headers: Headers, client_ip: str, path: bytes) -> Backend | None:
         n = self._n
         backends = self._backends
@@ -79,29 +85,14 @@ class RoundRobin(Balancer):
         return None
 
 
-class LeastRequest(Balancer):
+class LeastRequest(_Rotating):
     """The available backend with the fewest requests in flight.
 
     The scan starts just after the previous pick, so among equally loaded backends the
     first one found rotates: equal load spreads round-robin instead of piling on index 0.
     """
 
-    __slots__ = ("_backends", "_n", "_next")
-
-    def __init__(self, backends: Sequence[Backend] = ()) -> None:
-        self._backends: tuple[Backend, ...] = ()
-        self._n = 0
-        self._next = 0
-        self.set_backends(backends)
-
-    @property
-    def backends(self) -> tuple[Backend, ...]:
-        return self._backends
-
-    def set_backends(self, backends: Sequence[Backend]) -> None:
-        self._backends = tuple(backends)
-        self._n = len(self._backends)
-        self._next = self._next % self._n if self._n else 0
+    __slots__ = ()
 
     def pick(self, headers: Headers, client_ip: str, path: bytes) -> Backend | None:
         n = self._n
