@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from guard.errors import BadRequest, ExpectationFailed, NotImplementedByGuard, UpstreamProtocolError
+from guard.errors import BadRequest, ExpectationFailed, UpstreamProtocolError
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -136,9 +136,39 @@ def _parse_content_length(value: bytes, seen: int | None) -> int:
     return n
 
 
+# Bytes that may not appear in a head except as the CRLF line ends (CR and LF included).
+_CTL = bytes(range(0x09)) + bytes(range(0x0A, 0x20)) + b"\x7f"
+
+
+def head_bytes_error(raw: bytes, before: bytes = b"") -> str | None:
+    """Why a raw head (or a piece of one) is malformed, or None: C-level scans only.
+
+    Rejects NUL and other controls, bare CR, bare LF and obsolete line folding. llhttp
+    rejects all of these itself; the h11 adapter runs this on the raw bytes because h11
+    tolerates bare LF, folding and controls. ``before`` is the byte preceding ``raw``.
+    """
+    if len(raw) - len(raw.translate(None, _CTL)) != 2 * raw.count(b"\r\n"):
+        return "control character or bare CR/LF in head"
+    raw = before + raw
+    if b"\n " in raw or b"\n\t" in raw:
+        return "obsolete line folding"
+    return None
+
+
+def _transfer_encoding_ok(count: int, value: bytes) -> bool:
+    # Exactly one Transfer-Encoding field whose value is exactly "chunked".
+    return count == 1 and value.strip(b" \t").lower() == b"chunked"
+
+
 def apply_request_framing(head: RequestHead) -> None:
-    """Fill the framing fields of a request head from its headers, rejecting smuggling."""
-    transfer_encoding: list[bytes] = []
+    """Fill the framing fields of a request head from its headers, rejecting smuggling.
+
+    Transfer-Encoding other than one ``chunked`` field (gzip, "chunked, chunked",
+    "gzip, chunked", two fields, empty) is 400 under both parsers: h11 rejects them all
+    before Guard sees the headers, and llhttp some, so one status is the only parity.
+    """
+    te_count = 0
+    te_value = b""
     content_length: int | None = None
     connection: tuple[bytes, ...] = ()
     host: bytes | None = None
@@ -146,7 +176,8 @@ def apply_request_framing(head: RequestHead) -> None:
         if name == b"content-length":
             content_length = _parse_content_length(value, content_length)
         elif name == b"transfer-encoding":
-            transfer_encoding.extend(_connection_tokens(value))
+            te_count += 1
+            te_value = value
         elif name == b"connection":
             connection += _connection_tokens(value)
         elif name == b"host":
@@ -160,11 +191,11 @@ def apply_request_framing(head: RequestHead) -> None:
                 head.expect_continue = True
             else:
                 raise ExpectationFailed("unsupported expectation")
-    if transfer_encoding:
+    if te_count:
         if content_length is not None:
             raise BadRequest("both content-length and transfer-encoding")
-        if transfer_encoding != [b"chunked"]:
-            raise NotImplementedByGuard("transfer-encoding other than chunked")
+        if not _transfer_encoding_ok(te_count, te_value):
+            raise BadRequest("transfer-encoding other than chunked")
         head.chunked = True
     head.content_length = content_length
     head.connection_tokens = connection
@@ -172,15 +203,24 @@ def apply_request_framing(head: RequestHead) -> None:
         if host is None:
             raise BadRequest("missing host header")
         head.keep_alive = b"close" not in connection
-    else:
+    elif head.version == b"1.0":
         head.keep_alive = b"keep-alive" in connection
+    else:
+        raise BadRequest("unsupported http version")
     head.host = host or b""
     if head.upgrade is not None and b"upgrade" not in connection:
         head.upgrade = None  # an Upgrade header without Connection: upgrade asks for nothing
 
 
 def apply_response_framing(head: ResponseHead, method: bytes) -> None:
-    transfer_encoding: list[bytes] = []
+    """Fill the framing fields of a response head; malformed framing is a 502.
+
+    A response with both Content-Length and Transfer-Encoding, or a Transfer-Encoding
+    other than one ``chunked`` field, is rejected (llhttp and h11 each reject one of the
+    two natively; a gzip transfer-coding could not be passed on to the client anyway).
+    """
+    te_count = 0
+    te_value = b""
     content_length: int | None = None
     connection: tuple[bytes, ...] = ()
     for name, value in head.headers:
@@ -190,26 +230,29 @@ def apply_response_framing(head: ResponseHead, method: bytes) -> None:
             except BadRequest as e:
                 raise UpstreamProtocolError(str(e)) from None
         elif name == b"transfer-encoding":
-            transfer_encoding.extend(_connection_tokens(value))
+            te_count += 1
+            te_value = value
         elif name == b"connection":
             connection += _connection_tokens(value)
+    if te_count:
+        if content_length is not None:
+            raise UpstreamProtocolError("both content-length and transfer-encoding")
+        if not _transfer_encoding_ok(te_count, te_value):
+            raise UpstreamProtocolError("transfer-encoding other than chunked")
     status = head.status
     no_body = method == b"HEAD" or status < 200 or status in (204, 304)
-    if transfer_encoding and not no_body:
-        if transfer_encoding[-1] != b"chunked" or transfer_encoding.count(b"chunked") != 1:
-            # A response with a non-chunked final coding is delimited by close (RFC 9112 6.3).
-            head.until_close = True
-        else:
-            head.chunked = True
-        content_length = None
+    if te_count and not no_body:
+        head.chunked = True
     elif content_length is None and not no_body:
         head.until_close = True
     head.content_length = content_length
     head.connection_tokens = connection
     if head.version == b"1.1":
         head.keep_alive = b"close" not in connection
-    else:
+    elif head.version == b"1.0":
         head.keep_alive = b"keep-alive" in connection
+    else:
+        raise UpstreamProtocolError("unsupported http version")
     if head.until_close:
         head.keep_alive = False
 

@@ -15,10 +15,21 @@ from guard.http.codec import (
     apply_response_framing,
 )
 
+_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
+
 
 def _callback_error(exc: httptools.HttpParserCallbackError) -> BaseException:
     # httptools wraps what a callback raised; the original is the context.
     return exc.__context__ or exc
+
+
+def _measured_size(url: bytes, headers: Headers) -> int:
+    # What a head occupies on the wire, give or take optional whitespace.
+    return len(url) + 16 + sum(len(n) + len(v) + 4 for n, v in headers)
+
+
+class _AfterResponse(Exception):
+    """A callback saw bytes that belong to no response (see HttptoolsResponseParser)."""
 
 
 class HttptoolsRequestParser:
@@ -29,6 +40,7 @@ class HttptoolsRequestParser:
         "_in_head",
         "_max_header_bytes",
         "_max_headers",
+        "_mid",
         "_parser",
         "_url",
         "upgraded_tail",
@@ -41,8 +53,9 @@ class HttptoolsRequestParser:
         self._parser = httptools.HttpRequestParser(self)
         self._headers: Headers = []
         self._url = b""
-        self._in_head = True
-        self._head_bytes = 0
+        self._in_head = True  # a head is in progress, or the parser waits for one
+        self._head_bytes = 0  # bytes fed while this head was in progress
+        self._mid = False  # a message ended inside the current feed: offsets unknown
         # Bytes after a completed Upgrade request: they belong to the upgraded protocol.
         self.upgraded_tail: bytes | None = None
 
@@ -61,19 +74,21 @@ class HttptoolsRequestParser:
         headers = self._headers
         if len(headers) >= self._max_headers:
             raise HeaderTooLarge("too many headers")
-        headers.append((name.lower(), value))
+        # llhttp keeps trailing whitespace in a value; it is not part of it (RFC 9110 5.5).
+        # (No other whitespace can end a value: llhttp rejects the other controls.)
+        headers.append((name.lower(), value.rstrip()))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_bytes = 0
+        if self._mid and _measured_size(self._url, self._headers) > self._max_header_bytes:
+            # a pipelined head that started inside a feed was not counted byte by byte
+            raise HeaderTooLarge("request header block too large")
         p = self._parser
-        version = p.get_http_version()
-        head = RequestHead(
-            p.get_method(),
-            self._url,
-            b"1.1" if version == "1.1" else b"1.0",
-            self._headers,
-        )
+        version = _VERSIONS.get(p.get_http_version())
+        if version is None:
+            raise BadRequest("unsupported http version")
+        head = RequestHead(p.get_method(), self._url, version, self._headers)
         apply_request_framing(head)
         self._events.on_request_head(head)
 
@@ -82,21 +97,37 @@ class HttptoolsRequestParser:
 
     def on_message_complete(self) -> None:
         self._in_head = True
+        self._mid = True
+        self._headers = []
+        self._url = b""
         self._events.on_request_complete()
 
     # -- feeding
     def feed(self, data: bytes) -> None:
+        if self.upgraded_tail is not None:
+            self.upgraded_tail += data
+            return
+        self._mid = False
         if self._in_head:
-            # llhttp buffers a header line whole before calling back, so bound the head
-            # by the bytes fed while it is incomplete; split only when over the limit.
+            # llhttp keeps no head buffer Guard could measure, so bound the head by the
+            # bytes fed while it is incomplete; split only when over the limit.
             self._head_bytes += len(data)
             if self._head_bytes > self._max_header_bytes:
                 allowed = len(data) - (self._head_bytes - self._max_header_bytes)
                 self._feed(data[:allowed])
-                if self._in_head and self._head_bytes > 0:
+                if self.upgraded_tail is not None:
+                    self.upgraded_tail += data[allowed:]
+                    return
+                if self._in_head and not self._mid:
                     raise HeaderTooLarge("request header block too large")
                 data = data[allowed:]
         self._feed(data)
+        if self._mid and self._in_head and self._url:
+            # a head began inside this feed: count what it already holds (a partial line
+            # llhttp holds is bounded by the feed; the next feeds are counted whole)
+            self._head_bytes = _measured_size(self._url, self._headers)
+            if self._head_bytes > self._max_header_bytes:
+                raise HeaderTooLarge("request header block too large")
 
     def _feed(self, data: bytes) -> None:
         try:
@@ -114,8 +145,11 @@ class HttptoolsRequestParser:
 
 class HttptoolsResponseParser:
     __slots__ = (
+        "_broken",
+        "_done",
         "_events",
         "_head",
+        "_head_bytes",
         "_headers",
         "_in_head",
         "_max_header_bytes",
@@ -123,7 +157,7 @@ class HttptoolsResponseParser:
         "_method",
         "_parser",
         "_reason",
-        "_skip_body",
+        "_started",
         "garbage",
     )
 
@@ -136,15 +170,27 @@ class HttptoolsResponseParser:
         self._headers: Headers = []
         self._reason = b""
         self._in_head = True
-        self._skip_body = False
+        self._head_bytes = 0
         self._head: ResponseHead | None = None
+        self._done = True  # no response expected until start()
+        self._started = False  # bytes arrived since start()
+        self._broken = False  # llhttp stopped mid-stream: use a fresh one next time
         self.garbage = False  # bytes the backend sent that belong to no response
 
     def start(self, method: bytes) -> None:
         self._method = method
         self._head = None
+        self._done = False
+        self._started = False
+        self._in_head = True
+        self._head_bytes = 0
+        if self._broken:
+            self._broken = False
+            self._parser = httptools.HttpResponseParser(self)
 
     def on_message_begin(self) -> None:
+        if self._done:
+            raise _AfterResponse
         self._headers = []
         self._reason = b""
         self._in_head = True
@@ -157,62 +203,90 @@ class HttptoolsResponseParser:
             return
         if len(self._headers) >= self._max_headers:
             raise UpstreamProtocolError("too many response headers")
-        self._headers.append((name.lower(), value))
+        self._headers.append((name.lower(), value.rstrip()))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._head_bytes = 0
         p = self._parser
-        head = ResponseHead(
-            p.get_status_code(),
-            self._reason,
-            b"1.1" if p.get_http_version() == "1.1" else b"1.0",
-            self._headers,
-        )
+        version = _VERSIONS.get(p.get_http_version())
+        if version is None:
+            raise UpstreamProtocolError("unsupported http version")
+        head = ResponseHead(p.get_status_code(), self._reason, version, self._headers)
         apply_response_framing(head, self._method)
         self._head = head
         self._events.on_response_head(head)
         if self._method == b"HEAD" and head.status >= 200:
-            # llhttp cannot be told the request was HEAD: finish the message here and
-            # start a fresh parser after this feed (see feed()).
-            self._skip_body = True
+            # llhttp cannot be told the request was HEAD: the message ends with its head,
+            # and whatever llhttp takes for a body is garbage (see on_body).
+            self._done = True
+            self._broken = True
             self._events.on_response_complete()
 
     def on_body(self, body: bytes) -> None:
-        if self._skip_body:
+        if self._done:
             self.garbage = True
             return
         self._events.on_response_body(body)
 
     def on_message_complete(self) -> None:
+        if self._done:
+            return  # the end of a HEAD response's non-body
         self._in_head = True
         head = self._head
-        if self._skip_body or (head is not None and head.status < 200):
+        if head is not None and head.status < 200:
             return  # informational heads have no completion of their own
+        self._done = True
         self._events.on_response_complete()
 
     def feed(self, data: bytes) -> None:
+        if not data:
+            return
+        if self._done:
+            self.garbage = True
+            return
+        self._started = True
+        if self._in_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > self._max_header_bytes:
+                allowed = len(data) - (self._head_bytes - self._max_header_bytes)
+                self._feed(data[:allowed])
+                if self._in_head and not self._done:
+                    raise UpstreamProtocolError("response header block too large")
+                data = data[allowed:]
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
+            if self._done:
+                self.garbage = True
+                return
             raise UpstreamProtocolError("unexpected protocol switch") from None
         except httptools.HttpParserCallbackError as e:
             err = _callback_error(e)
+            if isinstance(err, _AfterResponse):
+                self.garbage = True
+                self._broken = True
+                return
             if isinstance(err, GuardError):
                 raise err from None
             raise
         except httptools.HttpParserError as e:
+            if self._done:
+                self.garbage = True  # bytes after a HEAD response llhttp took for a body
+                self._broken = True
+                return
             raise UpstreamProtocolError(f"malformed response: {e}") from None
-        if self._skip_body:
-            self._skip_body = False
-            self._in_head = True
-            self._parser = httptools.HttpResponseParser(self)
-        elif self._in_head and len(data) > self._max_header_bytes:
-            raise UpstreamProtocolError("response header block too large")
 
     def feed_eof(self) -> bool:
+        if self._done or not self._started:
+            return False
         head = self._head
         if head is not None and head.until_close and not self._in_head:
+            self._done = True
             self._in_head = True
             self._events.on_response_complete()
             return True
-        return False
+        raise UpstreamProtocolError("upstream closed mid-response")

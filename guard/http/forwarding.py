@@ -29,6 +29,9 @@ _FORWARDING = frozenset(
     {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"}
 )
 _REQUEST_DROP = HOP_BY_HOP | _FORWARDING
+# Never removed because Connection names them: dropping Content-Length while forwarding
+# the body desynchronises the next hop (request smuggling), dropping Host misroutes.
+_PROTECTED = frozenset({b"content-length", b"host"})
 
 _REASONS = {
     100: b"Continue",
@@ -63,6 +66,8 @@ class TrustedProxies:
             addr = ipaddress.ip_address(ip)
         except ValueError:
             return False
+        if addr.version == 6 and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped  # a dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d
         return any(addr in net for net in self._networks)
 
 
@@ -85,7 +90,7 @@ def request_head_bytes(
 ) -> bytes:
     """Serialize the request head Guard sends upstream (always HTTP/1.1, keep-alive)."""
     tokens = head.connection_tokens
-    drop = _REQUEST_DROP | frozenset(tokens) if tokens else _REQUEST_DROP
+    drop = _REQUEST_DROP | (frozenset(tokens) - _PROTECTED) if tokens else _REQUEST_DROP
     out = [head.method, b" ", target, b" HTTP/1.1\r\n"]
     append = out.append
     for name, value in head.headers:
@@ -146,7 +151,8 @@ def request_head_bytes(
 
 
 def _is_token(value: bytes) -> bool:
-    return value.replace(b".", b"").replace(b"-", b"").replace(b":", b"").isalnum()
+    # RFC 7230 tchar subset; ":" is not one, so "host:port" must be quoted (RFC 7239 4).
+    return value.replace(b".", b"").replace(b"-", b"").isalnum()
 
 
 def response_head_bytes(
@@ -160,7 +166,7 @@ def response_head_bytes(
     """Serialize the response head Guard sends to the client."""
     drop = HOP_BY_HOP
     if head.connection_tokens:
-        drop = drop | frozenset(head.connection_tokens)
+        drop = drop | (frozenset(head.connection_tokens) - _PROTECTED)
     out = [b"HTTP/1.1 ", str(head.status).encode(), b" ", head.reason, b"\r\n"]
     append = out.append
     for name, value in head.headers:
