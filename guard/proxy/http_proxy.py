@@ -293,12 +293,18 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
             self._set_deadline(_T_IDLE, self._ctx.http.timeouts.idle)
 
     def _on_parse_error(self, err: GuardError) -> None:
-        self._parsing = None
+        parsing, self._parsing = self._parsing, None
         self._stop_reading()
-        if self._active is not None and self._response_started:
-            # Answer the broken request in order, after the response in progress.
+        if parsing is not None and parsing is not self._active and parsing in self._pending:
+            # A pipelined request whose own body broke: it must never be forwarded.
+            self._pending.remove(parsing)
+        active = self._active
+        if active is not None and (self._response_started or active.complete):
+            # Answer the broken request in order, after the response in progress (and any
+            # whole pipelined requests before it). A request that arrived whole was maybe
+            # already forwarded: aborting it would answer 400 to a valid request the
+            # backend may have executed.
             self._error_after_active = err
-            self._keep_alive = False
             return
         if self._active is not None:
             self._abort_upstream()
@@ -377,6 +383,10 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         slash = rest.find(b"/")
         authority, origin = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
         head.host = authority
+        # RFC 9112 3.2.2: the received Host is ignored and the one sent on is the target's
+        # authority. Forwarding the client's Host let the backend see another virtual host
+        # than the one Guard routed by.
+        head.headers = [(b"host", authority)] + [h for h in head.headers if h[0] != b"host"]
         return origin
 
     def _on_connected(self, conn: UpstreamConnection | None, err: GuardError | None) -> None:
@@ -551,12 +561,22 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
             self._fail_exchange(err)
             return
         replay = self._replay or []
+        req = self._active
         self._upstream = conn
-        conn.attach(self, self._active.head.method)
+        conn.attach(self, req.head.method)
         for data in replay:
             conn.write(data)
         if self._write_paused:
             conn.pause_reading()
+        # Body that arrived while reconnecting was parked in req.body by _send_body (and a
+        # chunked end in that window was not sent): without this the backend waits forever
+        # for the rest of the request.
+        body, req.body = req.body, []
+        for chunk in body:
+            self._send_body(chunk)
+        if req.complete and req.head.chunked and (not replay or replay[-1] != b"0\r\n\r\n"):
+            self._send_upstream(b"0\r\n\r\n")
+        self._resume(_PAUSE_BUFFER)
 
     def on_upstream_pause(self) -> None:
         self._pause(_PAUSE_UPSTREAM)
@@ -604,13 +624,17 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         self._requests_served += 1
         if self._closed:
             return
+        if not self._keep_alive:
+            # This response said (or will say, by closing) that nothing follows it: not
+            # even the answer to a broken request behind it (httptools rejects bytes after
+            # "Connection: close", h11 does not; either way the client sees the close).
+            self._close()
+            return
         err = self._error_after_active
-        if err is not None:
+        if err is not None and not self._pending:
+            # (whole pipelined requests that arrived before the broken one went first)
             self._error_after_active = None
             self._respond_error_and_close(err)
-            return
-        if not self._keep_alive:
-            self._close()
             return
         if self._pending:
             nxt = self._pending.popleft()
