@@ -11,7 +11,9 @@ from pathlib import Path
 from guard.config.model import GuardConfig, HttpLimits, HttpTimeouts
 from guard.errors import NotSupportedYet
 
-SERVED_LISTENER_PROTOCOLS = frozenset({"http"})
+SERVED_LISTENER_PROTOCOLS = frozenset({"http", "tcp", "udp"})
+# Listener protocols whose relay reads PROXY headers (the http proxy does not, yet).
+PROXY_ACCEPT_PROTOCOLS = frozenset({"tcp"})
 
 
 def _name(path: Path | None, fallback: Path) -> str:
@@ -24,6 +26,12 @@ def unsupported(config: GuardConfig) -> list[NotSupportedYet]:
     for name, listener in config.listeners.items():
         if listener.protocol not in SERVED_LISTENER_PROTOCOLS:
             found.append(NotSupportedYet(main, f"listeners.{name}.protocol: {listener.protocol}"))
+        elif (
+            listener.proxy_protocol is not None
+            and listener.proxy_protocol.accept
+            and listener.protocol not in PROXY_ACCEPT_PROTOCOLS
+        ):
+            found.append(NotSupportedYet(main, f"listeners.{name}.proxy_protocol"))
     if config.admin is not None:
         found.append(NotSupportedYet(main, "admin"))
     if config.usage is not None:
@@ -43,13 +51,21 @@ def unsupported(config: GuardConfig) -> list[NotSupportedYet]:
         for key in ("websocket", "rate_limit"):
             if getattr(route, key) is not None:
                 found.append(NotSupportedYet(file, f"routes.{route.name}.{key}"))
+    # Services reached through http listeners: their keep-alive pools send no PROXY header.
+    http_services = {
+        r.service for r in config.routes.routes
+        if (lc := config.listeners.get(r.listener)) is not None and lc.protocol not in ("tcp",)
+    }
     for svc in config.routes.services.values():
         file = _name(svc.source, config.routes_path)
         if svc.container is not None:
             found.append(NotSupportedYet(file, f"services.{svc.name}.container"))
         if svc.per_key:
             found.append(NotSupportedYet(file, f"services.{svc.name}.per_key"))
-        for key in ("health", "retries", "proxy_protocol", "limits", "outlier"):
+        for key in ("health", "retries", "limits", "outlier"):
             if getattr(svc, key) is not None:
                 found.append(NotSupportedYet(file, f"services.{svc.name}.{key}"))
+        if svc.proxy_protocol is not None and svc.name in http_services:
+            # tcp listeners send it; http/https/udp ones would silently not.
+            found.append(NotSupportedYet(file, f"services.{svc.name}.proxy_protocol"))
     return found

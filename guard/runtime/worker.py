@@ -16,12 +16,19 @@ import sys
 from pathlib import Path
 
 from guard.config import load_config, load_routes
-from guard.config.model import GuardConfig, RoutesConfig
+from guard.config.model import GuardConfig, RouteConfig, RoutesConfig
 from guard.errors import ConfigErrors
 from guard.http.forwarding import TrustedProxies
 from guard.proxy.context import AccessLog, ListenerContext
 from guard.proxy.deadlines import DeadlineSweeper, tick_for
 from guard.proxy.http_proxy import HttpProxyProtocol
+from guard.proxy.tcp_proxy import (
+    TcpClientProtocol,
+    TcpListenerContext,
+    TcpRouting,
+    build_tcp_routing,
+)
+from guard.proxy.udp_proxy import UdpListenerContext, UdpListenerProtocol, udp_socket
 from guard.routing import HttpRouteTable, build_http_tables
 from guard.upstream.pool import UpstreamSettings
 from guard.upstream.resolver import Resolver
@@ -30,6 +37,7 @@ from guard.upstream.service import Service
 log = logging.getLogger("guard.worker")
 
 HTTP_PROTOCOLS = ("http",)
+L4_PROTOCOLS = ("tcp", "udp")
 
 
 class Worker:
@@ -42,8 +50,15 @@ class Worker:
         self.loop = asyncio.get_running_loop()
         http = config.http
         t = http.timeouts
+        # tcp/udp idle timeouts join the http ones: the tick must suit the shortest.
+        l4_timeouts = [
+            (lc.idle or 0.0) if lc.protocol == "tcp" else lc.udp_idle
+            for lc in config.listeners.values()
+            if lc.protocol in L4_PROTOCOLS
+        ]
         self.sweeper = DeadlineSweeper(
-            self.loop, tick_for([t.connect, t.request_header, t.response_header, t.idle])
+            self.loop,
+            tick_for([t.connect, t.request_header, t.response_header, t.idle, *l4_timeouts]),
         )
         self.resolver = Resolver()
         self.upstream_settings = UpstreamSettings(
@@ -56,6 +71,8 @@ class Worker:
         self.access_log = AccessLog.open(self.loop, http.access_log) if http.access_log else None
         self.services: dict[str, Service] = {}
         self.contexts: dict[str, ListenerContext] = {}
+        self.tcp_contexts: dict[str, TcpListenerContext] = {}
+        self.udp_contexts: dict[str, UdpListenerContext] = {}
         self.servers: list[asyncio.Server] = []
         self.stopping = asyncio.Event()
 
@@ -79,10 +96,28 @@ class Worker:
             tables.setdefault(name, HttpRouteTable(name, []))
         return services, tables
 
+    def _build_l4(
+        self, routes: RoutesConfig
+    ) -> tuple[dict[str, TcpRouting], dict[str, RouteConfig | None]]:
+        """Per tcp listener its SNI table / owning route; per udp listener its one route."""
+        tcp: dict[str, TcpRouting] = {}
+        udp: dict[str, RouteConfig | None] = {}
+        for name, lc in self.config.listeners.items():
+            mine = [r for r in routes.routes if r.listener == name]
+            if lc.protocol == "tcp":
+                tcp[name] = build_tcp_routing(name, mine)
+            elif lc.protocol == "udp":
+                if len(mine) > 1:
+                    log.warning("udp listener %s: %d routes, only %s is used", name,
+                                len(mine), mine[0].name)
+                udp[name] = mine[0] if mine else None
+        return tcp, udp
+
     async def start(self) -> None:
         self.sweeper.start()
         services, tables = self._build(self.config.routes)
         self.services = services
+        await self._start_l4(services)
         http = self.config.http
         trusted = TrustedProxies(http.trusted_proxies)
         via = b"guard" if http.via else None
@@ -113,6 +148,43 @@ class Worker:
             log.info("worker %d: listener %s (%s) on %s", self.worker_id, name, lc.protocol,
                      lc.address)
 
+    async def _start_l4(self, services: dict[str, Service]) -> None:
+        tcp_routing, udp_routes = self._build_l4(self.config.routes)
+        connect = self.config.http.timeouts.connect
+        for name, lc in self.config.listeners.items():
+            if lc.protocol == "tcp":
+                pp = lc.proxy_protocol
+                tctx = TcpListenerContext(
+                    name, tcp_routing[name], services, loop=self.loop, sweeper=self.sweeper,
+                    resolver=self.resolver, connect_timeout=connect, idle=lc.idle,
+                    accept_proxy=pp is not None and pp.accept,
+                    trusted=pp.trusted if pp is not None else (),
+                )
+                self.tcp_contexts[name] = tctx
+                server = await self.loop.create_server(
+                    lambda tctx=tctx: TcpClientProtocol(tctx),
+                    lc.host,
+                    lc.port,
+                    reuse_address=True,
+                    reuse_port=self.reuse_port,
+                    backlog=4096,
+                )
+                self.servers.append(server)
+            elif lc.protocol == "udp":
+                uctx = UdpListenerContext(
+                    name, udp_routes[name], services, loop=self.loop, sweeper=self.sweeper,
+                    resolver=self.resolver, idle=lc.udp_idle, max_sessions=lc.max_sessions,
+                )
+                self.udp_contexts[name] = uctx
+                sock = udp_socket(lc.host, lc.port, reuse_port=self.reuse_port)
+                await self.loop.create_datagram_endpoint(
+                    lambda uctx=uctx: UdpListenerProtocol(uctx), sock=sock
+                )
+            else:
+                continue
+            log.info("worker %d: listener %s (%s) on %s", self.worker_id, name, lc.protocol,
+                     lc.address)
+
     def reload_routes(self) -> bool:
         """Rebuild route tables and services from the route files; keep the old on error."""
         try:
@@ -127,6 +199,14 @@ class Worker:
         for name, ctx in self.contexts.items():
             ctx.table = tables[name]  # one reference swap: in-flight requests keep theirs
             ctx.services = services
+        # Open tcp connections and udp sessions keep the backend they were given.
+        tcp_routing, udp_routes = self._build_l4(routes)
+        for name, tctx in self.tcp_contexts.items():
+            tctx.routing = tcp_routing[name]
+            tctx.services = services
+        for name, uctx in self.udp_contexts.items():
+            uctx.route = udp_routes[name]
+            uctx.services = services
         self.services = services
         for svc in old.values():
             svc.close()
@@ -142,7 +222,12 @@ class Worker:
             ctx.draining = True
             for conn in list(ctx.connections):
                 conn.drain()  # type: ignore[attr-defined]
+        for tctx in self.tcp_contexts.values():
+            tctx.draining = True  # relayed connections just run to their end, or the grace
+        for uctx in self.udp_contexts.values():
+            uctx.close()  # a datagram session has no "in flight": it ends with its socket
         deadline = self.loop.time() + grace
+        await self._drain_tcp(deadline)
         while any(ctx.connections for ctx in self.contexts.values()):
             if self.loop.time() >= deadline:
                 left = sum(len(ctx.connections) for ctx in self.contexts.values())
@@ -158,6 +243,20 @@ class Worker:
             self.access_log.flush()
         self.sweeper.stop()
 
+    async def _drain_tcp(self, deadline: float) -> None:
+        # http connections were told to drain before this and keep draining meanwhile;
+        # both kinds share the one grace deadline.
+        while any(t.connections for t in self.tcp_contexts.values()):
+            if self.loop.time() >= deadline:
+                left = sum(len(t.connections) for t in self.tcp_contexts.values())
+                log.warning("drain grace expired with %d tcp connections open; closing them",
+                            left)
+                for tctx in self.tcp_contexts.values():
+                    for conn in list(tctx.connections):
+                        conn.abort()
+                break
+            await asyncio.sleep(0.02)
+
 
 async def serve(config: GuardConfig, *, reuse_port: bool = False, worker_id: int = 0) -> int:
     """Run one data-plane worker until SIGTERM/SIGINT, then drain and return 0."""
@@ -169,7 +268,8 @@ async def serve(config: GuardConfig, *, reuse_port: bool = False, worker_id: int
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, worker.reload_routes)
     if worker_id == 0:
-        print(f"guard: serving ({len(worker.servers)} listeners)", file=sys.stderr, flush=True)
+        listeners = len(worker.servers) + len(worker.udp_contexts)
+        print(f"guard: serving ({listeners} listeners)", file=sys.stderr, flush=True)
     await stop.wait()
     log.info("worker %d: draining (grace %.1fs)", worker_id, config.http.timeouts.drain)
     await worker.drain(config.http.timeouts.drain)
