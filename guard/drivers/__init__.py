@@ -1,0 +1,28 @@
+"""Drivers: how container-backed services get their instances (``process``, ``docker``).
+
+``base`` is the interface every driver implements; ``process`` runs instances as local
+child processes (Linux). The lifecycle owner in the control plane picks the driver named by
+``container.driver`` and is the only caller.
+"""
+
+from guard.drivers.base import (
+    Driver,
+    DriverError,
+    ExitCallback,
+    InstanceHandle,
+    InstanceNotFound,
+    InstanceState,
+    InstanceStats,
+    InstanceStatus,
+)
+
+__all__ = [
+    "Driver",
+    "DriverError",
+    "ExitCallback",
+    "InstanceHandle",
+    "InstanceNotFound",
+    "InstanceState",
+    "InstanceStats",
+    "InstanceStatus",
+]
