@@ -122,6 +122,9 @@ class ResponseParser(Protocol):
 
 
 def _connection_tokens(value: bytes) -> tuple[bytes, ...]:
+    if b"," not in value:  # the usual "keep-alive" / "close": no split, no generator
+        token = value.strip().lower()
+        return (token,) if token else ()
     return tuple(t.strip().lower() for t in value.split(b",") if t.strip())
 
 
@@ -155,6 +158,10 @@ def head_bytes_error(raw: bytes, before: bytes = b"") -> str | None:
     return None
 
 
+_RESPONSE_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+_REQUEST_FRAMING = _RESPONSE_FRAMING | {b"host", b"upgrade", b"expect"}
+
+
 def _transfer_encoding_ok(count: int, value: bytes) -> bool:
     # Exactly one Transfer-Encoding field whose value is exactly "chunked".
     return count == 1 and value.strip(b" \t").lower() == b"chunked"
@@ -173,6 +180,8 @@ def apply_request_framing(head: RequestHead) -> None:
     connection: tuple[bytes, ...] = ()
     host: bytes | None = None
     for name, value in head.headers:
+        if name not in _REQUEST_FRAMING:
+            continue  # one set lookup for the many headers framing ignores
         if name == b"content-length":
             content_length = _parse_content_length(value, content_length)
         elif name == b"transfer-encoding":
@@ -224,6 +233,8 @@ def apply_response_framing(head: ResponseHead, method: bytes) -> None:
     content_length: int | None = None
     connection: tuple[bytes, ...] = ()
     for name, value in head.headers:
+        if name not in _RESPONSE_FRAMING:
+            continue
         if name == b"content-length":
             try:
                 content_length = _parse_content_length(value, content_length)

@@ -78,34 +78,87 @@ def forwarded_for_value(client_ip: str) -> bytes:
     return f"for={client_ip}".encode()
 
 
-def request_head_bytes(
-    head: RequestHead,
-    target: bytes,
-    *,
-    client_ip: bytes,
-    forwarded_for: bytes,
-    proto: bytes,
-    trusted: bool,
-    via: bytes | None,
-) -> bytes:
-    """Serialize the request head Guard sends upstream (always HTTP/1.1, keep-alive)."""
-    tokens = head.connection_tokens
-    drop = _REQUEST_DROP | (frozenset(tokens) - _PROTECTED) if tokens else _REQUEST_DROP
-    out = [head.method, b" ", target, b" HTTP/1.1\r\n"]
-    append = out.append
-    for name, value in head.headers:
-        if name in drop:
-            continue
-        append(name)
-        append(b": ")
-        append(value)
-        append(b"\r\n")
-    prior_for: list[bytes] = []
-    prior_forwarded: list[bytes] = []
-    prior_proto = prior_host = None
-    if trusted:
+class RequestForwarder:
+    """Serializes request heads for one client connection.
+
+    What does not change while a connection lives (client address, scheme, trust, Via)
+    is rendered once at accept; per request only the header lines and the host-dependent
+    forwarding lines are built, and those are cached for the last Host seen.
+    """
+
+    __slots__ = (
+        "_client_ip",
+        "_forwarded_for",
+        "_host",
+        "_host_tail",
+        "_proto",
+        "_trusted",
+        "_untrusted_head",
+        "_via",
+    )
+
+    def __init__(
+        self,
+        *,
+        client_ip: bytes,
+        forwarded_for: bytes,
+        proto: bytes,
+        trusted: bool,
+        via: bytes | None,
+    ) -> None:
+        self._client_ip = client_ip
+        self._forwarded_for = forwarded_for
+        self._proto = proto
+        self._trusted = trusted
+        self._via = via
+        self._untrusted_head = b"x-forwarded-for: %s\r\nx-forwarded-proto: %s\r\n" % (
+            client_ip,
+            proto,
+        )
+        self._host: bytes | None = None
+        self._host_tail = b""
+
+    def head_bytes(self, head: RequestHead, target: bytes) -> bytes:
+        """The request head Guard sends upstream (always HTTP/1.1, keep-alive)."""
+        tokens = head.connection_tokens
+        drop = _REQUEST_DROP | (frozenset(tokens) - _PROTECTED) if tokens else _REQUEST_DROP
+        lines = [b"%s: %s\r\n" % h for h in head.headers if h[0] not in drop]
+        if self._trusted:
+            forwarding = self._trusted_lines(head, tokens)
+        else:
+            host = head.host
+            if host != self._host:
+                self._host = host
+                self._host_tail = self._host_lines(host, b"")
+            forwarding = self._untrusted_head + self._host_tail
+        tail = b"transfer-encoding: chunked\r\n\r\n" if head.chunked else b"\r\n"
+        if self._via is not None:
+            tail = b"via: %s %s\r\n%s" % (head.version, self._via, tail)
+        return b"%s %s HTTP/1.1\r\n%s%s%s" % (
+            head.method,
+            target,
+            b"".join(lines),
+            forwarding,
+            tail,
+        )
+
+    def _host_lines(self, host: bytes, prior_forwarded: bytes, prior_host: bytes = b"") -> bytes:
+        out = b""
+        if host or prior_host:
+            out = b"x-forwarded-host: %s\r\n" % (prior_host or host)
+        forwarded = b"%s%s;proto=%s" % (prior_forwarded, self._forwarded_for, self._proto)
+        if host and _is_token(host):
+            forwarded += b";host=" + host
+        elif host:
+            forwarded += b';host="%s"' % host.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+        return out + b"forwarded: " + forwarded + b"\r\n"
+
+    def _trusted_lines(self, head: RequestHead, tokens: tuple[bytes, ...]) -> bytes:
         # A trusted proxy's forwarding headers are kept and extended, unless they were
         # named in Connection (then they were meant for us alone).
+        prior_for: list[bytes] = []
+        prior_forwarded: list[bytes] = []
+        prior_proto = prior_host = b""
         for name, value in head.headers:
             if name not in _FORWARDING or name in tokens:
                 continue
@@ -117,37 +170,30 @@ def request_head_bytes(
                 prior_proto = value
             else:
                 prior_host = value
-    prior_for.append(client_ip)
-    append(b"x-forwarded-for: ")
-    append(b", ".join(prior_for))
-    append(b"\r\nx-forwarded-proto: ")
-    append(prior_proto or proto)
-    if head.host or prior_host:
-        append(b"\r\nx-forwarded-host: ")
-        append(prior_host or head.host)
-    append(b"\r\nforwarded: ")
-    if prior_forwarded:
-        append(b", ".join(prior_forwarded))
-        append(b", ")
-    append(forwarded_for)
-    append(b";proto=")
-    append(proto)
-    if head.host and _is_token(head.host):
-        append(b";host=")
-        append(head.host)
-    elif head.host:
-        append(b';host="')
-        append(head.host.replace(b"\\", b"\\\\").replace(b'"', b'\\"'))
-        append(b'"')
-    if via is not None:
-        append(b"\r\nvia: ")
-        append(head.version)
-        append(b" ")
-        append(via)
-    if head.chunked:
-        append(b"\r\ntransfer-encoding: chunked")
-    append(b"\r\n\r\n")
-    return b"".join(out)
+        prior_for.append(self._client_ip)
+        earlier = b", ".join(prior_forwarded) + b", " if prior_forwarded else b""
+        return b"x-forwarded-for: %s\r\nx-forwarded-proto: %s\r\n%s" % (
+            b", ".join(prior_for),
+            prior_proto or self._proto,
+            self._host_lines(head.host, earlier, prior_host),
+        )
+
+
+def request_head_bytes(
+    head: RequestHead,
+    target: bytes,
+    *,
+    client_ip: bytes,
+    forwarded_for: bytes,
+    proto: bytes,
+    trusted: bool,
+    via: bytes | None,
+) -> bytes:
+    """Serialize one request head (the proxy keeps a RequestForwarder per connection)."""
+    forwarder = RequestForwarder(
+        client_ip=client_ip, forwarded_for=forwarded_for, proto=proto, trusted=trusted, via=via
+    )
+    return forwarder.head_bytes(head, target)
 
 
 def _is_token(value: bytes) -> bool:
@@ -167,29 +213,16 @@ def response_head_bytes(
     drop = HOP_BY_HOP
     if head.connection_tokens:
         drop = drop | (frozenset(head.connection_tokens) - _PROTECTED)
-    out = [b"HTTP/1.1 ", str(head.status).encode(), b" ", head.reason, b"\r\n"]
-    append = out.append
-    for name, value in head.headers:
-        if name in drop:
-            continue
-        append(name)
-        append(b": ")
-        append(value)
-        append(b"\r\n")
+    lines = [b"%s: %s\r\n" % h for h in head.headers if h[0] not in drop]
     if via is not None:
-        append(b"via: ")
-        append(head.version)
-        append(b" ")
-        append(via)
-        append(b"\r\n")
+        lines.append(b"via: %s %s\r\n" % (head.version, via))
     if chunked:
-        append(b"transfer-encoding: chunked\r\n")
+        lines.append(b"transfer-encoding: chunked\r\n")
     if not keep_alive:
-        append(b"connection: close\r\n")
+        lines.append(b"connection: close\r\n")
     elif client_version == b"1.0":
-        append(b"connection: keep-alive\r\n")
-    append(b"\r\n")
-    return b"".join(out)
+        lines.append(b"connection: keep-alive\r\n")
+    return b"HTTP/1.1 %d %s\r\n%s\r\n" % (head.status, head.reason, b"".join(lines))
 
 
 def informational_bytes(head: ResponseHead) -> bytes:

@@ -82,6 +82,21 @@ class ListenerContext:
     # Routing results keep no reference to services beyond this mapping's lifetime.
     services: dict[str, Service] = field(default_factory=dict)
 
+    # Flattened from ``http`` once, so the per-request path reads one attribute, not three.
+    max_body: int = field(init=False)
+    max_requests: int = field(init=False)
+    request_header_timeout: float = field(init=False)
+    response_header_timeout: float = field(init=False)
+    idle_timeout: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        limits, timeouts = self.http.limits, self.http.timeouts
+        self.max_body = limits.max_body
+        self.max_requests = limits.max_requests_per_connection
+        self.request_header_timeout = timeouts.request_header
+        self.response_header_timeout = timeouts.response_header
+        self.idle_timeout = timeouts.idle
+
     def route_stats(self, route: str) -> RouteStats:
         stats = self.stats.get(route)
         if stats is None:

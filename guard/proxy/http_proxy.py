@@ -27,10 +27,10 @@ from guard.errors import (
 )
 from guard.http.codec import RequestHead, ResponseHead, make_request_parser
 from guard.http.forwarding import (
+    RequestForwarder,
     error_response_bytes,
     forwarded_for_value,
     informational_bytes,
-    request_head_bytes,
     response_head_bytes,
 )
 from guard.proxy.context import ListenerContext, RouteStats
@@ -68,12 +68,11 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         "_active",
         "_body_bytes",
         "_client_ip",
-        "_client_ip_b",
         "_closed",
         "_ctx",
         "_deadline_kind",
         "_error_after_active",
-        "_forwarded_for",
+        "_forwarder",
         "_keep_alive",
         "_out_chunked",
         "_parser",
@@ -93,7 +92,6 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         "_t_start",
         "_t_upstream",
         "_target",
-        "_trusted",
         "_upstream",
         "_wbuf",
         "_write_paused",
@@ -153,15 +151,19 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         ip = peer[0] if isinstance(peer, tuple) else ""
         self._client_ip = ip
-        self._client_ip_b = ip.encode()
-        self._forwarded_for = forwarded_for_value(ip) if ip else b"for=unknown"
-        self._trusted = ip in ctx.trusted
+        self._forwarder = RequestForwarder(
+            client_ip=ip.encode(),
+            forwarded_for=forwarded_for_value(ip) if ip else b"for=unknown",
+            proto=ctx.proto,
+            trusted=ip in ctx.trusted,
+            via=ctx.via,
+        )
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         ctx.connections.add(self)
         ctx.sweeper.add(self)
-        self._set_deadline(_T_HEADER, ctx.http.timeouts.request_header)
+        self._set_deadline(_T_HEADER, ctx.request_header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
@@ -176,7 +178,7 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._deadline_kind == _T_IDLE:
-            self._set_deadline(_T_HEADER, self._ctx.http.timeouts.request_header)
+            self._set_deadline(_T_HEADER, self._ctx.request_header_timeout)
         CORK.depth += 1
         try:
             self._parser.feed(data)
@@ -270,7 +272,7 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
             req.body.append(data)
             return
         self._body_bytes += len(data)
-        if self._body_bytes > self._ctx.http.limits.max_body:
+        if self._body_bytes > self._ctx.max_body:
             self._fail_exchange(BodyTooLarge("request body too large"), close=True)
             return
         self._send_body(data)
@@ -282,7 +284,7 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
             return
         req.complete = True
         if req is self._active:
-            self._set_deadline(_T_RESPONSE, self._ctx.http.timeouts.response_header)
+            self._set_deadline(_T_RESPONSE, self._ctx.response_header_timeout)
             if req.head.chunked and self._upstream is not None:
                 self._send_upstream(b"0\r\n\r\n")
         elif req in self._pending:
@@ -290,7 +292,7 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
                 self._clear_deadline()
         elif self._active is None and not self._pending:
             # Answered (by Guard) before it finished arriving: now the connection idles.
-            self._set_deadline(_T_IDLE, self._ctx.http.timeouts.idle)
+            self._set_deadline(_T_IDLE, self._ctx.idle_timeout)
 
     def _on_parse_error(self, err: GuardError) -> None:
         parsing, self._parsing = self._parsing, None
@@ -320,10 +322,10 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         ctx = self._ctx
         head = req.head
         if req.complete:
-            self._set_deadline(_T_RESPONSE, ctx.http.timeouts.response_header)
+            self._set_deadline(_T_RESPONSE, ctx.response_header_timeout)
         else:
             self._clear_deadline()
-        if self._requests_served >= ctx.http.limits.max_requests_per_connection - 1:
+        if self._requests_served >= ctx.max_requests - 1:
             self._keep_alive = False
         if not head.keep_alive or ctx.draining:
             self._keep_alive = False
@@ -331,13 +333,13 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
             # a pipelined request whose body arrived while it waited
             self._body_bytes = sum(map(len, req.body))
         try:
-            if self._body_bytes > ctx.http.limits.max_body:
+            if self._body_bytes > ctx.max_body:
                 raise BodyTooLarge("request body too large")
             if head.upgrade is not None:
                 raise NotImplementedByGuard("protocol upgrade is not supported yet")
             if head.method == b"CONNECT":
                 raise NotImplementedByGuard("CONNECT is not supported")
-            if head.content_length is not None and head.content_length > ctx.http.limits.max_body:
+            if head.content_length is not None and head.content_length > ctx.max_body:
                 raise BodyTooLarge("request body too large")
             target = head.target
             if not target.startswith(b"/"):
@@ -410,15 +412,7 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         self._upstream = conn
         conn.attach(self, head.method)
         self._t_upstream = time.perf_counter()
-        data = request_head_bytes(
-            head,
-            self._target,
-            client_ip=self._client_ip_b,
-            forwarded_for=self._forwarded_for,
-            proto=self._ctx.proto,
-            trusted=self._trusted,
-            via=self._ctx.via,
-        )
+        data = self._forwarder.head_bytes(head, self._target)
         self._replay = [data]
         conn.write(data)
         if self._write_paused:
@@ -644,9 +638,9 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
             return
         if self._parsing is not None:
             # The next request's head is still arriving.
-            self._set_deadline(_T_HEADER, self._ctx.http.timeouts.request_header)
+            self._set_deadline(_T_HEADER, self._ctx.request_header_timeout)
         else:
-            self._set_deadline(_T_IDLE, self._ctx.http.timeouts.idle)
+            self._set_deadline(_T_IDLE, self._ctx.idle_timeout)
 
     def _finish_stats(self, status: int, error: str) -> None:
         pool = self._pool
