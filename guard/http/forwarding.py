@@ -33,6 +33,21 @@ _REQUEST_DROP = HOP_BY_HOP | _FORWARDING
 # the body desynchronises the next hop (request smuggling), dropping Host misroutes.
 _PROTECTED = frozenset({b"content-length", b"host"})
 
+# Connection values repeat ("keep-alive", "close"): build each drop set once. Bounded,
+# since the tokens come from clients.
+_DROP_SETS: dict[tuple[frozenset[bytes], tuple[bytes, ...]], frozenset[bytes]] = {}
+
+
+def _drop_set(base: frozenset[bytes], tokens: tuple[bytes, ...]) -> frozenset[bytes]:
+    key = (base, tokens)
+    drop = _DROP_SETS.get(key)
+    if drop is None:
+        drop = base | (frozenset(tokens) - _PROTECTED)
+        if len(_DROP_SETS) >= 1024:
+            _DROP_SETS.clear()
+        _DROP_SETS[key] = drop
+    return drop
+
 _REASONS = {
     100: b"Continue",
     200: b"OK",
@@ -121,7 +136,7 @@ class RequestForwarder:
     def head_bytes(self, head: RequestHead, target: bytes) -> bytes:
         """The request head Guard sends upstream (always HTTP/1.1, keep-alive)."""
         tokens = head.connection_tokens
-        drop = _REQUEST_DROP | (frozenset(tokens) - _PROTECTED) if tokens else _REQUEST_DROP
+        drop = _drop_set(_REQUEST_DROP, tokens) if tokens else _REQUEST_DROP
         lines = [b"%s: %s\r\n" % h for h in head.headers if h[0] not in drop]
         if self._trusted:
             forwarding = self._trusted_lines(head, tokens)
@@ -210,9 +225,8 @@ def response_head_bytes(
     via: bytes | None,
 ) -> bytes:
     """Serialize the response head Guard sends to the client."""
-    drop = HOP_BY_HOP
-    if head.connection_tokens:
-        drop = drop | (frozenset(head.connection_tokens) - _PROTECTED)
+    tokens = head.connection_tokens
+    drop = _drop_set(HOP_BY_HOP, tokens) if tokens else HOP_BY_HOP
     lines = [b"%s: %s\r\n" % h for h in head.headers if h[0] not in drop]
     if via is not None:
         lines.append(b"via: %s %s\r\n" % (head.version, via))
