@@ -249,6 +249,22 @@ def test_stale_pooled_connection_is_retried(guard, raw_backend, handler, pause) 
     assert [r.target for r in backend.requests] == [f"/n{i}" for i in range(4)]
 
 
+def test_post_on_a_stale_pooled_connection_is_not_replayed(guard, raw_backend) -> None:
+    """The backend may have acted on a POST before closing: Guard answers 502 instead of
+    sending it twice (RFC 9110 9.2.2); a GET in the same spot is retried (above)."""
+    backend = raw_backend(_close_on_second_request)
+    g = guard(servers=[backend.address])
+    with Conn(g.port) as c:
+        c.request("GET", "/first")
+        assert c.read_response().status == 200
+    with Conn(g.port) as c:
+        c.send(b"POST /pay HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc")
+        assert_guard_error(c.read_response(), 502, "upstream_protocol_error")
+    time.sleep(0.2)
+    assert [r.target for r in backend.requests] == ["/first"]
+    assert backend.accepted == 1
+
+
 # ---------------------------------------------------------------------- access log
 
 

@@ -157,7 +157,7 @@ def test_expect_100_continue_with_curl(std_guard, tmp_path) -> None:
 
 
 def test_expect_100_continue_over_a_pooled_connection(guard, demos, tmp_path) -> None:
-    """Later uploads reuse the pooled upstream connection: the backend's own 100 is relayed."""
+    """Later uploads reuse the pooled upstream connection and still get their 100 at once."""
     g = guard(servers=[demos[0].address])
     data = tmp_path / "upload.bin"
     data.write_bytes(b"y" * 100_000)
@@ -185,6 +185,31 @@ def test_expect_100_continue_raw(std_guard) -> None:
         # the connection carries on
         c.request("GET", "/healthz", "demo.test")
         assert c.read_response().body == b"ok"
+
+
+def _records_without_100(conn) -> None:
+    """A backend that never sends 100 Continue: it just reads whole requests."""
+    while (req := conn.read_request()) is not None:
+        conn.backend.requests.append(req)
+        conn.respond(200, b"stored")
+
+
+def test_expect_answered_by_guard_and_not_forwarded(guard, raw_backend) -> None:
+    """The client gets 100 from Guard on a new and on a pooled upstream connection alike,
+    and the backend never sees Expect (it would not answer it)."""
+    backend = raw_backend(_records_without_100)
+    g = guard(servers=[backend.address])
+    for i in range(3):  # the first opens the upstream connection, the others reuse it
+        with Conn(g.port) as c:
+            c.send(b"POST /e%d HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n"
+                   b"Expect: 100-continue\r\n\r\n" % i)
+            assert c.read_head().status == 100
+            c.send(b"hello")
+            r = c.read_response()
+            assert (r.status, r.body) == (200, b"stored")
+    assert len(backend.requests) == 3
+    assert all(r.header("expect") is None and r.body == b"hello" for r in backend.requests)
+    assert backend.accepted == 1
 
 
 # ------------------------------------------------------------ bodyless responses

@@ -28,7 +28,8 @@ HOP_BY_HOP = frozenset(
 _FORWARDING = frozenset(
     {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"}
 )
-_REQUEST_DROP = HOP_BY_HOP | _FORWARDING
+# Expect is answered by Guard itself (the proxy sends 100 Continue), never forwarded.
+_REQUEST_DROP = HOP_BY_HOP | _FORWARDING | {b"expect"}
 # Never removed because Connection names them: dropping Content-Length while forwarding
 # the body desynchronises the next hop (request smuggling), dropping Host misroutes.
 _PROTECTED = frozenset({b"content-length", b"host"})

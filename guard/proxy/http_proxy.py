@@ -47,6 +47,7 @@ _PAUSE_STOPPED = 8  # nothing more will be read (parse error, upgrade)
 _MAX_EARLY_BODY = 256 * 1024  # body buffered before the upstream connection is ready
 _MAX_REPLAY = 64 * 1024  # bytes kept so a request can be resent on a fresh connection
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 # Deadline kinds
 _T_HEADER, _T_IDLE, _T_RESPONSE = 1, 2, 3
@@ -362,15 +363,19 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
             return
         self._pool = pool
         pool.backend.in_flight += 1
+        if head.expect_continue:
+            # The request passed every check Guard makes (route, size, a backend): invite
+            # the body now, the same way whether the upstream connection is pooled or new.
+            # Expect is not forwarded, so the client never waits on a backend that does
+            # not answer 100 (nginx does the same).
+            head.expect_continue = False
+            if head.version == b"1.1":
+                self._write(_CONTINUE)
         conn = pool.acquire()
         if conn is not None:
             self._attach(conn)
         else:
             pool.connect(self._on_connected)
-            if head.expect_continue and head.version == b"1.1":
-                # Let the client start the body while the connection opens.
-                self._write(_CONTINUE)
-                head.expect_continue = False
 
     @staticmethod
     def _origin_form(head: RequestHead) -> bytes:
@@ -461,9 +466,7 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
                     self._upstream, UpstreamProtocolError("unexpected protocol switch")
                 )
             elif head.status == 100:
-                if req.head.expect_continue and client_version == b"1.1":
-                    req.head.expect_continue = False
-                    self._write(_CONTINUE)
+                pass  # Guard already answered the client's Expect itself (see _activate)
             elif client_version == b"1.1":
                 self._write(informational_bytes(head))
             return
@@ -530,11 +533,13 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
             not self._response_started
             and conn.uses > 1
             and not self._retried
+            and self._active.head.method in _IDEMPOTENT
             and self._replay is not None
             and self._pool is not None
         ):
             # A keep-alive connection the backend closed as we reused it: send the request
-            # again, once, on a fresh connection.
+            # again, once, on a fresh connection. Only idempotent methods: the backend may
+            # have acted on a POST before closing (RFC 9110 9.2.2).
             self._retried = True
             self._pool.connect(self._on_reconnected)
             return
