@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING
 
@@ -17,17 +18,93 @@ if TYPE_CHECKING:
     from guard.upstream.service import Service
 
 
-class RouteStats:
-    """Per-route counters kept as plain ints: the metrics exporter reads them later."""
+# Request duration buckets (seconds): fine below a millisecond, where proxy overhead lives.
+DURATION_BOUNDS = (
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+_KNOWN_METHODS = frozenset(
+    {b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS", b"TRACE", b"CONNECT"}
+)
 
-    __slots__ = ("bytes_in", "bytes_out", "errors", "requests", "status_classes")
+
+class Histogram:
+    """Cumulative-free bucket counts; the exporter turns them into Prometheus buckets."""
+
+    __slots__ = ("counts", "sum")
 
     def __init__(self) -> None:
-        self.requests = 0
-        self.errors = 0  # answers Guard made itself
+        self.counts = [0] * (len(DURATION_BOUNDS) + 1)  # last = +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(DURATION_BOUNDS, value)] += 1
+        self.sum += value
+
+
+class RouteStats:
+    """Per-route counters as plain ints and lists: recording a request is a few adds.
+
+    The metrics exporter reads them at scrape time, so the hot path never touches a
+    metrics library. ``route`` is "" for requests that matched no route.
+    """
+
+    __slots__ = (
+        "bytes_in",
+        "bytes_out",
+        "duration",
+        "errors",
+        "overhead",
+        "requests",
+        "route",
+        "service",
+    )
+
+    def __init__(self, route: str, service: str = "") -> None:
+        self.route = route
+        self.service = service
+        # (status class "2xx".."5xx" or "aborted", method or "OTHER") -> count
+        self.requests: dict[tuple[str, str], int] = {}
+        self.errors: dict[str, int] = {}  # Guard's own answers, by x-guard-error code
         self.bytes_in = 0
         self.bytes_out = 0
-        self.status_classes = [0, 0, 0, 0, 0, 0]  # index = status // 100
+        self.duration = Histogram()  # whole request, first byte of head to last byte out
+        self.overhead = Histogram()  # the part Guard added: duration minus upstream time
+
+    def observe(
+        self, status: int, method: bytes, error: str, duration: float, upstream: float
+    ) -> None:
+        key = (
+            _STATUS_CLASSES[status // 100] if 100 <= status < 600 else "aborted",
+            method.decode() if method in _KNOWN_METHODS else "OTHER",
+        )
+        self.requests[key] = self.requests.get(key, 0) + 1
+        if error:
+            self.errors[error] = self.errors.get(error, 0) + 1
+        self.duration.observe(duration)
+        self.overhead.observe(max(duration - upstream, 0.0))
+
+    @property
+    def total(self) -> int:
+        return sum(self.requests.values())
+
+
+_STATUS_CLASSES = ("", "1xx", "2xx", "3xx", "4xx", "5xx")
 
 
 class AccessLog:
@@ -97,8 +174,8 @@ class ListenerContext:
         self.response_header_timeout = timeouts.response_header
         self.idle_timeout = timeouts.idle
 
-    def route_stats(self, route: str) -> RouteStats:
+    def route_stats(self, route: str, service: str = "") -> RouteStats:
         stats = self.stats.get(route)
         if stats is None:
-            stats = self.stats[route] = RouteStats()
+            stats = self.stats[route] = RouteStats(route, service)
         return stats

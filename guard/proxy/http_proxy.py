@@ -351,8 +351,8 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
                 raise RouteNotFound(f"no route for {head.host.decode('latin-1')}")
             route = match.route
             self._route_name = route.name
-            self._stats = ctx.route_stats(route.name)
             service = route.target
+            self._stats = ctx.route_stats(route.name, service.name)
             self._service_name = service.name
             self._target = route.rewrite_target(target) if route.strip_prefix else target
             pool = service.pick(head.headers, self._client_ip, path)
@@ -482,8 +482,6 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
             self._out_chunked = True
         elif delimited:
             self._keep_alive = False  # an HTTP/1.0 client reads to the close
-        if self._stats is not None:
-            self._stats.status_classes[min(head.status // 100, 5)] += 1
         self._write(
             response_head_bytes(
                 head,
@@ -612,9 +610,6 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
                 head_only=head_only,
             )
         )
-        if self._stats is not None:
-            self._stats.errors += 1
-            self._stats.status_classes[min(err.status // 100, 5)] += 1
         self._end_exchange(err.status, err.code)
 
     def _end_exchange(self, status: int, error: str) -> None:
@@ -652,15 +647,21 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         if pool is not None:
             pool.backend.in_flight -= 1
             self._pool = None
+        req = self._active
+        if req is None:
+            return
+        now = time.perf_counter()
+        duration = now - self._t_start
+        upstream = now - self._t_upstream if self._t_upstream else 0.0
         stats = self._stats
-        if stats is not None:
-            stats.requests += 1
-            stats.bytes_in += self.bytes_in
-            stats.bytes_out += self.bytes_out
+        if stats is None:
+            stats = self._stats = self._ctx.route_stats("")  # matched no route
+        stats.bytes_in += self.bytes_in
+        stats.bytes_out += self.bytes_out
+        stats.observe(status or self._status, req.head.method, error, duration, upstream)
         log = self._ctx.access_log
-        if log is not None and self._active is not None:
-            now = time.perf_counter()
-            head = self._active.head
+        if log is not None:
+            head = req.head
             log.write(
                 {
                     "ts": time.time(),
@@ -676,10 +677,8 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
                     "error": error or None,
                     "bytes_in": self.bytes_in,
                     "bytes_out": self.bytes_out,
-                    "duration": round(now - self._t_start, 6),
-                    "upstream_duration": round(now - self._t_upstream, 6)
-                    if self._t_upstream
-                    else None,
+                    "duration": round(duration, 6),
+                    "upstream_duration": round(upstream, 6) if self._t_upstream else None,
                 }
             )
 
