@@ -416,16 +416,25 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         head = req.head
         self._upstream = conn
         conn.attach(self, head.method)
-        self._t_upstream = time.perf_counter()
-        data = self._forwarder.head_bytes(head, self._target)
-        self._replay = [data]
-        conn.write(data)
+        ended = False
+        if self._retried:
+            # A fresh connection after a stale pooled one: what was sent goes again.
+            replay = self._replay or []
+            for data in replay:
+                conn.write(data)
+            ended = bool(replay) and replay[-1] == b"0\r\n\r\n"
+        else:
+            self._t_upstream = time.perf_counter()
+            data = self._forwarder.head_bytes(head, self._target)
+            self._replay = [data]
+            conn.write(data)
         if self._write_paused:
             conn.pause_reading()
+        # Body that arrived before the connection was ready was parked in req.body.
         body, req.body = req.body, []
         for chunk in body:
             self._send_body(chunk)
-        if req.complete and head.chunked:
+        if req.complete and head.chunked and not ended:
             self._send_upstream(b"0\r\n\r\n")
         self._resume(_PAUSE_BUFFER)
 
@@ -539,7 +548,7 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
             # again, once, on a fresh connection. Only idempotent methods: the backend may
             # have acted on a POST before closing (RFC 9110 9.2.2).
             self._retried = True
-            self._pool.connect(self._on_reconnected)
+            self._pool.connect(self._on_connected)
             return
         if self._response_started:
             self._fail_exchange(UpstreamProtocolError("upstream closed mid-response"))
@@ -547,33 +556,6 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
             self._fail_exchange(
                 UpstreamProtocolError("upstream closed the connection without a response")
             )
-
-    def _on_reconnected(self, conn: UpstreamConnection | None, err: GuardError | None) -> None:
-        if self._active is None or self._closed:
-            if conn is not None:
-                conn.close()
-            return
-        if conn is None:
-            assert err is not None
-            self._fail_exchange(err)
-            return
-        replay = self._replay or []
-        req = self._active
-        self._upstream = conn
-        conn.attach(self, req.head.method)
-        for data in replay:
-            conn.write(data)
-        if self._write_paused:
-            conn.pause_reading()
-        # Body that arrived while reconnecting was parked in req.body by _send_body (and a
-        # chunked end in that window was not sent): without this the backend waits forever
-        # for the rest of the request.
-        body, req.body = req.body, []
-        for chunk in body:
-            self._send_body(chunk)
-        if req.complete and req.head.chunked and (not replay or replay[-1] != b"0\r\n\r\n"):
-            self._send_upstream(b"0\r\n\r\n")
-        self._resume(_PAUSE_BUFFER)
 
     def on_upstream_pause(self) -> None:
         self._pause(_PAUSE_UPSTREAM)
