@@ -2,12 +2,17 @@
 
     python benchmarks/load.py [--duration 6] [--connections 50] [--guard-parser httptools|h11]
                               [--only guard,haproxy,nginx,direct] [--results benchmarks/RESULTS.md]
+                              [--guard-metrics]
 
 One run starts a fast backend (nginx, 1 worker, 12-byte `return 200`), the three proxies in
 front of it (one worker / thread each), waits for each to answer 200, then drives them one
 after the other with `wrk -t1 -c50 --latency` (plus the backend directly, "direct") and
 prints and appends a table. Every process it starts runs in its own process group and is
 killed on the way out, whatever happens; every temp dir is removed.
+
+``--guard-metrics`` gives Guard an admin address and scrapes its /metrics once a second
+while wrk runs, to price what exporting costs. Recording (the per-request counters and
+histograms) is always on in Guard: there is no switch for it to compare against.
 
 CPUs are deliberately not pinned: the reference machine has 2 cores, and wrk and the server
 under test share them, as they would in field-notes' "Measured here" numbers.
@@ -29,6 +34,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -312,9 +318,12 @@ backend be
 """
 
 
-def guard_files(tmp: Path, port: int, backend: int, parser: str) -> Path:
+def guard_files(
+    tmp: Path, port: int, backend: int, parser: str, admin: int | None = None
+) -> Path:
     """guard.yaml + routes/bench.yaml per docs/spec config.md: one listener, one route that
-    matches everything, one static service pointing at the backend."""
+    matches everything, one static service pointing at the backend (and, with ``admin``,
+    the admin address serving /metrics)."""
     routes = tmp / "routes"
     routes.mkdir()
     (routes / "bench.yaml").write_text(
@@ -337,8 +346,47 @@ listeners:
 http:
   parser: {parser}
 """
+        + (f'admin: {{address: "127.0.0.1:{admin}"}}\n' if admin else "")
     )
     return config
+
+
+class Scraper:
+    """GET /metrics once a second in a thread, as Prometheus would, while wrk runs."""
+
+    def __init__(self, port: int, interval: float = 1.0) -> None:
+        self.port = port
+        self.interval = interval
+        self.scrapes = 0
+        self.failures: list[str] = []
+        self.last_size = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Scraper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+            try:
+                conn.request("GET", "/metrics")
+                resp = conn.getresponse()
+                body = resp.read()
+                if resp.status != 200:
+                    self.failures.append(f"status {resp.status}")
+                self.last_size = len(body)
+                self.scrapes += 1
+            except OSError as e:
+                self.failures.append(str(e))
+            finally:
+                conn.close()
+            self._stop.wait(self.interval)
 
 
 # -- wrk ----------------------------------------------------------------------------------
@@ -425,6 +473,8 @@ def report(
     tools = ", ".join(f"{k} {v}" for k, v in versions.items())
     targets = "; ".join(f"{r.name} = {DESCRIPTIONS[r.name]}" for r in results)
     guard_note = f" Guard's parser: {args.guard_parser}." if "guard" in args.only else ""
+    if "guard" in args.only and args.guard_metrics:
+        guard_note += " Guard with `admin:`, /metrics scraped every 1 s during the run."
     return f"""
 ## Load run {when}
 
@@ -454,6 +504,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma-separated subset of guard,haproxy,nginx,direct (run in that order)",
     )
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
+    parser.add_argument(
+        "--guard-metrics",
+        action="store_true",
+        help="give Guard an admin address and scrape its /metrics every second during the run",
+    )
     args = parser.parse_args(argv)
     chosen = [t.strip() for t in args.only.split(",") if t.strip()]
     unknown = sorted(set(chosen) - set(TARGETS))
@@ -521,7 +576,8 @@ def start_all(
         port = free_port()
         gdir = tmp / "guard"
         gdir.mkdir()
-        config = guard_files(gdir, port, backend_port, args.guard_parser)
+        args.guard_admin = free_port() if args.guard_metrics else None
+        config = guard_files(gdir, port, backend_port, args.guard_parser, args.guard_admin)
         # `python -m guard` is the `guard` console script (guard.cli:main) run from this
         # checkout, so the code measured is the code in the tree, not a stale install.
         env = dict(
@@ -573,7 +629,15 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{name}: warm-up 1 s, then {args.duration:g} s ...", flush=True)
                     run_wrk(paths["wrk"], server.port, 1, args.connections)
                     server.check_alive()
-                    out = run_wrk(paths["wrk"], server.port, args.duration, args.connections)
+                    admin = getattr(args, "guard_admin", None) if name == "guard" else None
+                    with Scraper(admin) if admin else contextlib.nullcontext() as scraper:
+                        out = run_wrk(paths["wrk"], server.port, args.duration,
+                                      args.connections)
+                    if scraper is not None:
+                        if scraper.failures or not scraper.scrapes:
+                            raise HarnessError(f"/metrics scrapes failed: {scraper.failures}")
+                        print(f"guard: {scraper.scrapes} scrapes of /metrics, "
+                              f"{scraper.last_size} bytes each", flush=True)
                     # A proxy that crashed mid-run would show as a pile of socket errors;
                     # say so plainly instead.
                     server.check_alive()

@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from guard import __version__
 from guard.errors import ConfigErrors
+
+if TYPE_CHECKING:
+    from guard.config.model import GuardConfig
 
 
 def _load(path: Path):  # type: ignore[no-untyped-def]
@@ -33,7 +37,17 @@ def cmd_check(args: argparse.Namespace) -> int:
     )
     for item in unsupported(config):
         print(f"note: {item} (guard run will refuse it)")
+    refusal = _admin_refusal(config)
+    if refusal:
+        print(f"note: {refusal} (guard run will refuse it)")
     return 0
+
+
+def _admin_refusal(config: GuardConfig) -> str | None:
+    # Checked before anything binds, so the refusal is the only thing the user sees.
+    from guard.admin.server import bind_refusal
+
+    return bind_refusal(config.admin) if config.admin is not None else None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -52,6 +66,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if missing:
         for item in missing:
             print(f"guard: {item}", file=sys.stderr)
+        return 2
+    refusal = _admin_refusal(config)
+    if refusal:
+        print(f"guard: {config.path}: {refusal}", file=sys.stderr)
         return 2
     if config.workers > 1:
         from guard.runtime.supervisor import supervise

@@ -5,17 +5,27 @@ none inherits loop or socket state; each binds the listeners with SO_REUSEPORT. 
 that dies is restarted with a growing backoff; one that exits with an error at its very
 first start (a port in use, say) stops Guard with its exit code. SIGTERM drains every
 worker; SIGHUP is passed on so each reloads its routes.
+
+The supervisor also owns the admin address: workers stream their metric snapshots to it
+(``guard.metrics.relay``) and one scrape of its /metrics shows the sum of all of them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
+from guard.admin.server import AdminPages, AdminServer
 from guard.config.model import GuardConfig
+from guard.metrics.collector import MetricsPage
+from guard.metrics.relay import ENV as METRICS_SOCKET_ENV
+from guard.metrics.relay import SnapshotHub
 
 log = logging.getLogger("guard.supervisor")
 
@@ -30,6 +40,27 @@ class Supervisor:
         self.stopping = False
         self.failed: int | None = None
         self.restarts = 0
+        # A private directory: the socket path stays short (sun_path is ~108 bytes) and
+        # no other user can connect and feed us snapshots.
+        self._dir = tempfile.mkdtemp(prefix="guard-")
+        self.hub = SnapshotHub(os.path.join(self._dir, "metrics.sock"))
+        self.admin: AdminServer | None = None
+
+    async def _start_metrics(self) -> None:
+        await self.hub.start()
+        if self.config.admin is not None:
+            page = MetricsPage(self.hub.snapshot)
+            self.admin = AdminServer(self.config.admin, AdminPages(
+                metrics=page.render, metrics_type=page.content_type,
+                draining=lambda: self.stopping,
+            ))
+            await self.admin.start()
+
+    def _stop_metrics(self) -> None:
+        if self.admin is not None:
+            self.admin.close()
+        self.hub.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
 
     async def _spawn(self, worker_id: int) -> asyncio.subprocess.Process:
         proc = await asyncio.create_subprocess_exec(
@@ -40,6 +71,7 @@ class Supervisor:
             str(Path(self.config.path).resolve()),
             "--worker-id",
             str(worker_id),
+            env={**os.environ, METRICS_SOCKET_ENV: self.hub.path},
         )
         self.procs[worker_id] = proc
         log.info("worker %d started (pid %d)", worker_id, proc.pid)
@@ -76,6 +108,18 @@ class Supervisor:
                 proc.send_signal(sig)
 
     async def run(self) -> int:
+        try:
+            await self._start_metrics()
+        except OSError as e:
+            print(f"guard: cannot listen: {e}", file=sys.stderr)
+            self._stop_metrics()
+            return 1
+        try:
+            return await self._run()
+        finally:
+            self._stop_metrics()
+
+    async def _run(self) -> int:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)

@@ -32,8 +32,9 @@ def unsupported(config: GuardConfig) -> list[NotSupportedYet]:
             and listener.protocol not in PROXY_ACCEPT_PROTOCOLS
         ):
             found.append(NotSupportedYet(main, f"listeners.{name}.proxy_protocol"))
-    if config.admin is not None:
-        found.append(NotSupportedYet(main, "admin"))
+    # The admin address serves /healthz and /metrics; tokens come with the REST API.
+    if config.admin is not None and config.admin.tokens:
+        found.append(NotSupportedYet(main, "admin.tokens"))
     if config.usage is not None:
         found.append(NotSupportedYet(main, "usage"))
     if config.tenants:

@@ -15,10 +15,15 @@ import signal
 import sys
 from pathlib import Path
 
+from guard.admin.server import AdminPages, AdminServer
 from guard.config import load_config, load_routes
 from guard.config.model import GuardConfig, RouteConfig, RoutesConfig
 from guard.errors import ConfigErrors
 from guard.http.forwarding import TrustedProxies
+from guard.metrics.collector import MetricsPage
+from guard.metrics.reader import WorkerMetrics
+from guard.metrics.relay import ENV as METRICS_SOCKET_ENV
+from guard.metrics.relay import SnapshotSender
 from guard.proxy.context import AccessLog, ListenerContext
 from guard.proxy.deadlines import DeadlineSweeper, tick_for
 from guard.proxy.http_proxy import HttpProxyProtocol
@@ -75,6 +80,8 @@ class Worker:
         self.udp_contexts: dict[str, UdpListenerContext] = {}
         self.servers: list[asyncio.Server] = []
         self.stopping = asyncio.Event()
+        self.draining = False
+        self.metrics = WorkerMetrics(self)
 
     # ------------------------------------------------------------------ building
     def _build(self, routes: RoutesConfig) -> tuple[dict[str, Service], dict[str, HttpRouteTable]]:
@@ -193,6 +200,7 @@ class Worker:
             )
         except ConfigErrors as e:
             log.error("route reload rejected, keeping the current table:\n%s", e)
+            self.metrics.reloads["failure"] += 1
             return False
         old = self.services
         services, tables = self._build(routes)
@@ -208,14 +216,17 @@ class Worker:
             uctx.route = udp_routes[name]
             uctx.services = services
         self.services = services
+        self.metrics.retire(old.values())  # their pools' counters must not vanish
         for svc in old.values():
             svc.close()
+        self.metrics.reloads["success"] += 1
         log.info("routes reloaded: %d routes, %d services", len(routes.routes),
                  len(routes.services))
         return True
 
     # ------------------------------------------------------------------ stopping
     async def drain(self, grace: float) -> None:
+        self.draining = True
         for server in self.servers:
             server.close()
         for ctx in self.contexts.values():
@@ -258,11 +269,34 @@ class Worker:
             await asyncio.sleep(0.02)
 
 
-async def serve(config: GuardConfig, *, reuse_port: bool = False, worker_id: int = 0) -> int:
-    """Run one data-plane worker until SIGTERM/SIGINT, then drain and return 0."""
+async def serve(
+    config: GuardConfig,
+    *,
+    reuse_port: bool = False,
+    worker_id: int = 0,
+    metrics_socket: str | None = None,
+) -> int:
+    """Run one data-plane worker until SIGTERM/SIGINT, then drain and return 0.
+
+    Alone (``workers: 1``) it serves the admin address itself; under the supervisor it
+    streams its metrics to ``metrics_socket`` and the supervisor serves the admin address.
+    """
     worker = Worker(config, reuse_port=reuse_port, worker_id=worker_id)
     loop = worker.loop
+    admin: AdminServer | None = None
+    sender: SnapshotSender | None = None
+    if metrics_socket:
+        sender = SnapshotSender(metrics_socket, worker_id, worker.metrics.snapshot)
+    elif config.admin is not None:
+        page = MetricsPage(worker.metrics.snapshot)
+        admin = AdminServer(config.admin, AdminPages(
+            metrics=page.render, metrics_type=page.content_type,
+            draining=lambda: worker.draining,
+        ))
+        await admin.start()  # before the listeners: a taken admin port stops us cleanly
     await worker.start()
+    if sender is not None:
+        sender.start()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
@@ -272,7 +306,12 @@ async def serve(config: GuardConfig, *, reuse_port: bool = False, worker_id: int
         print(f"guard: serving ({listeners} listeners)", file=sys.stderr, flush=True)
     await stop.wait()
     log.info("worker %d: draining (grace %.1fs)", worker_id, config.http.timeouts.drain)
+    # /healthz answers 503 "draining" throughout, so load balancers stop sending first.
     await worker.drain(config.http.timeouts.drain)
+    if sender is not None:
+        await sender.close()
+    if admin is not None:
+        admin.close()
     return 0
 
 
@@ -301,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     config = load_config(args.config)
     try:
-        return run(serve(config, reuse_port=True, worker_id=args.worker_id))
+        return run(serve(config, reuse_port=True, worker_id=args.worker_id,
+                         metrics_socket=os.environ.get(METRICS_SOCKET_ENV)))
     except OSError as e:
         print(f"guard worker {args.worker_id}: cannot listen: {e}", file=sys.stderr)
         return 1

@@ -1,0 +1,1 @@
+"""The admin address: /healthz and /metrics (the REST API is issue 6)."""

@@ -1,0 +1,204 @@
+"""The admin address: a small HTTP/1.1 server for ``GET /healthz`` and ``GET /metrics``.
+
+Not a hot path (a scrape a second, a health check), so it favours being small and strict
+over fast: keep-alive and pipelining (answers are made synchronously, in order), a bound
+on a request's size, an idle timeout, and Guard's usual JSON errors with
+``x-guard-error``. The REST API of issue 6 will add its routes here, with bearer tokens;
+until then the server refuses to listen anywhere but loopback (the spec: no tokens, no
+remote admin API).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httptools
+
+from guard.config.model import AdminConfig
+
+log = logging.getLogger("guard.admin")
+
+MAX_REQUEST = 64 * 1024  # head + body; nothing the admin API takes comes close
+IDLE_TIMEOUT = 60.0
+
+
+def bind_refusal(admin: AdminConfig) -> str | None:
+    """Why ``admin.address`` may not be served as configured, or None if it may."""
+    if admin.tokens:
+        return None
+    host = admin.host.strip("[]")
+    if host == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        pass  # a name other than localhost: it may resolve to anything
+    return (f"admin.address: {admin.host}:{admin.port} is not a loopback address; without "
+            "admin.tokens the admin API only listens on loopback (127.0.0.1, ::1, localhost)")
+
+
+@dataclass(frozen=True, slots=True)
+class AdminPages:
+    """What the server answers with, as callables so every request sees the current state."""
+
+    metrics: Callable[[], bytes]
+    metrics_type: str
+    draining: Callable[[], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    extra: tuple[tuple[str, str], ...] = ()
+
+
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+            413: "Content Too Large", 500: "Internal Server Error",
+            503: "Service Unavailable"}
+
+
+def _json(status: int, doc: dict[str, str], *extra: tuple[str, str]) -> Answer:
+    return Answer(status, json.dumps(doc).encode(), extra=extra)
+
+
+def _error(status: int, code: str, message: str, *extra: tuple[str, str]) -> Answer:
+    return _json(status, {"error": code, "message": message}, ("x-guard-error", code), *extra)
+
+
+def answer(pages: AdminPages, method: str, path: str) -> Answer:
+    """The routing of the admin API: pure, so it is tested without sockets."""
+    if path not in ("/healthz", "/metrics"):
+        return _error(404, "not_found", f"no admin endpoint {path}")
+    if method not in ("GET", "HEAD"):
+        return _error(405, "method_not_allowed", f"{path} takes GET", ("allow", "GET, HEAD"))
+    if path == "/healthz":
+        if pages.draining():
+            return _json(503, {"status": "draining"})
+        return _json(200, {"status": "ok"})
+    return Answer(200, pages.metrics(), pages.metrics_type)
+
+
+def _response(a: Answer, *, head_only: bool, keep_alive: bool) -> bytes:
+    lines = [
+        f"HTTP/1.1 {a.status} {_REASONS.get(a.status, 'Unknown')}",
+        f"content-type: {a.content_type}",
+        f"content-length: {len(a.body)}",
+        "cache-control: no-store",
+        *(f"{k}: {v}" for k, v in a.extra),
+    ]
+    if not keep_alive:
+        lines.append("connection: close")
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return head if head_only else head + a.body
+
+
+class AdminProtocol(asyncio.Protocol):
+    def __init__(self, pages: AdminPages, connections: set[AdminProtocol]) -> None:
+        self.pages = pages
+        self.connections = connections
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.url = b""
+        self.size = 0  # bytes of the request being read
+        self.idle: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.connections.add(self)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connections.discard(self)
+        if self.idle is not None:
+            self.idle.cancel()
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        self._arm()
+        self.size += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(_error(400, "bad_request", "protocol upgrades are not served here"))
+            return
+        except httptools.HttpParserError as e:
+            self._fail(_error(400, "bad_request", f"malformed request: {e}"))
+            return
+        if self.size > MAX_REQUEST and self.transport is not None:
+            self._fail(_error(413, "body_too_large", "admin requests are at most 64 KiB"))
+
+    # -- httptools callbacks
+    def on_message_begin(self) -> None:
+        self.url = b""
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_message_complete(self) -> None:
+        if self.transport is None:
+            return
+        self.size = 0
+        method = self.parser.get_method().decode("latin-1")
+        path = httptools.parse_url(self.url).path.decode("latin-1") if self.url else ""
+        try:
+            a = answer(self.pages, method, path)
+        except Exception:
+            log.exception("admin: %s %s failed", method, path)
+            a = _error(500, "internal_error", "the admin server failed to answer")
+        keep_alive = self.parser.should_keep_alive()
+        self.transport.write(_response(a, head_only=method == "HEAD", keep_alive=keep_alive))
+        if not keep_alive:
+            self.transport.close()
+
+    # -- helpers
+    def _fail(self, a: Answer) -> None:
+        if self.transport is not None:
+            self.transport.write(_response(a, head_only=False, keep_alive=False))
+            self.transport.close()
+            self.transport = None
+
+    def _arm(self) -> None:
+        if self.idle is not None:
+            self.idle.cancel()
+        self.idle = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, self._on_idle)
+
+    def _on_idle(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class AdminServer:
+    def __init__(self, admin: AdminConfig, pages: AdminPages) -> None:
+        self.admin = admin
+        self.pages = pages
+        self.connections: set[AdminProtocol] = set()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        refusal = bind_refusal(self.admin)
+        if refusal is not None:
+            raise PermissionError(refusal)  # `guard run` says this before getting here
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: AdminProtocol(self.pages, self.connections),
+            self.admin.host.strip("[]"),
+            self.admin.port,
+            reuse_address=True,
+        )
+        log.info("admin API on %s:%d (/healthz, /metrics)", self.admin.host, self.admin.port)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.close()

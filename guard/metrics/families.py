@@ -1,0 +1,112 @@
+"""Every metric family Guard exports: name, type, help and label names, in one table.
+
+The reader fills snapshots against this table, the snapshot code merges by its types and
+the collector renders from it, so a name or a label is spelled in exactly one place. Label
+values only ever come from config names (listener, route, service, backend) or fixed sets
+(code class, method, reason, result): never paths, client IPs or error strings, so series
+stay bounded whatever the traffic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Kind = Literal["counter", "gauge", "histogram"]
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    name: str
+    kind: Kind
+    help: str
+    labels: tuple[str, ...]
+
+
+_ROUTE = ("listener", "route", "service")
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        # -- http listeners (RouteStats; route "" = matched no route)
+        Family("guard_requests_total", "counter",
+               "HTTP requests by status class (or aborted) and method.",
+               (*_ROUTE, "code", "method")),
+        Family("guard_request_duration_seconds", "histogram",
+               "Whole request, first byte of the head to the last byte of the response.",
+               _ROUTE),
+        Family("guard_overhead_duration_seconds", "histogram",
+               "Time Guard itself added to a request: duration minus upstream time.",
+               _ROUTE),
+        Family("guard_errors_total", "counter",
+               "Answers Guard made itself, by x-guard-error code.",
+               ("listener", "route", "code")),
+        Family("guard_request_bytes_total", "counter",
+               "Request body bytes relayed to backends.", _ROUTE),
+        Family("guard_response_bytes_total", "counter",
+               "Response body bytes relayed to clients.", _ROUTE),
+        Family("guard_open_connections", "gauge",
+               "Client connections open now (udp: sessions).", ("listener", "protocol")),
+        # -- tcp listeners (L4Stats)
+        Family("guard_tcp_accepted_total", "counter",
+               "TCP client connections accepted, routed or not.", ("listener",)),
+        Family("guard_tcp_connections_total", "counter",
+               "TCP connections routed, by route.", ("listener", "route")),
+        Family("guard_tcp_received_bytes_total", "counter",
+               "TCP bytes from clients relayed to backends.", ("listener", "route")),
+        Family("guard_tcp_sent_bytes_total", "counter",
+               "TCP bytes from backends relayed to clients.", ("listener", "route")),
+        Family("guard_tcp_errors_total", "counter",
+               "TCP connections closed by Guard, by reason.", ("listener", "reason")),
+        # -- udp listeners (L4Stats)
+        Family("guard_udp_sessions_total", "counter",
+               "UDP sessions opened.", ("listener",)),
+        Family("guard_udp_received_bytes_total", "counter",
+               "UDP payload bytes from clients relayed to backends.", ("listener",)),
+        Family("guard_udp_sent_bytes_total", "counter",
+               "UDP payload bytes from backends relayed to clients.", ("listener",)),
+        Family("guard_udp_received_packets_total", "counter",
+               "UDP datagrams from clients relayed to backends.", ("listener",)),
+        Family("guard_udp_sent_packets_total", "counter",
+               "UDP datagrams from backends relayed to clients.", ("listener",)),
+        Family("guard_udp_dropped_datagrams_total", "counter",
+               "UDP datagrams Guard could not relay (no route or backend, queue full).",
+               ("listener",)),
+        Family("guard_udp_errors_total", "counter",
+               "UDP sessions Guard could not open or serve, by reason.",
+               ("listener", "reason")),
+        Family("guard_udp_sessions_ended_total", "counter",
+               "UDP sessions Guard ended, by reason (idle expiry, eviction when full).",
+               ("listener", "reason")),
+        # -- upstreams
+        Family("guard_upstream_connections_total", "counter",
+               "Keep-alive connections opened to backends.", ("service", "backend")),
+        Family("guard_upstream_reused_total", "counter",
+               "Requests sent on an already open (pooled) backend connection.",
+               ("service", "backend")),
+        Family("guard_backend_in_flight", "gauge",
+               "Requests or tcp/udp relays using the backend now.", ("service", "backend")),
+        # -- process
+        Family("guard_config_reloads_total", "counter",
+               "Route reloads by result, counted in every worker process.", ("result",)),
+        Family("guard_worker_requests_total", "counter",
+               "HTTP requests handled, by worker process.", ("worker",)),
+    )
+}
+
+# L4Stats attribute -> reason label, for the *_errors_total families.
+TCP_ERROR_REASONS = {
+    "connect_failed": "connect_failed",
+    "idle_timeouts": "idle_timeout",
+    "no_route": "no_route",
+    "no_backend": "no_backend",
+    "not_tls": "not_tls",
+    "unknown_sni": "unknown_sni",
+    "proxy_rejected": "proxy_rejected",
+}
+UDP_ERROR_REASONS = {
+    "connect_failed": "connect_failed",
+    "no_route": "no_route",
+    "no_backend": "no_backend",
+}
+UDP_END_REASONS = {"sessions_expired": "idle", "sessions_evicted": "evicted"}
