@@ -318,9 +318,7 @@ backend be
 """
 
 
-def guard_files(
-    tmp: Path, port: int, backend: int, parser: str, admin: int | None = None
-) -> Path:
+def guard_files(tmp: Path, port: int, backend: int, parser: str, admin: int | None = None) -> Path:
     """guard.yaml + routes/bench.yaml per docs/spec config.md: one listener, one route that
     matches everything, one static service pointing at the backend (and, with ``admin``,
     the admin address serving /metrics)."""
@@ -600,8 +598,12 @@ def start_all(
         port = free_port()
         servers["relay"] = procs.start(
             "relay",
-            [sys.executable, str(REPO / "benchmarks" / "baseline_relay.py"), str(port),
-             str(backend_port)],
+            [
+                sys.executable,
+                str(REPO / "benchmarks" / "baseline_relay.py"),
+                str(port),
+                str(backend_port),
+            ],
             port,
             tmp / "relay.log",
         )
@@ -631,13 +633,15 @@ def main(argv: list[str] | None = None) -> int:
                     server.check_alive()
                     admin = getattr(args, "guard_admin", None) if name == "guard" else None
                     with Scraper(admin) if admin else contextlib.nullcontext() as scraper:
-                        out = run_wrk(paths["wrk"], server.port, args.duration,
-                                      args.connections)
+                        out = run_wrk(paths["wrk"], server.port, args.duration, args.connections)
                     if scraper is not None:
                         if scraper.failures or not scraper.scrapes:
                             raise HarnessError(f"/metrics scrapes failed: {scraper.failures}")
-                        print(f"guard: {scraper.scrapes} scrapes of /metrics, "
-                              f"{scraper.last_size} bytes each", flush=True)
+                        print(
+                            f"guard: {scraper.scrapes} scrapes of /metrics, "
+                            f"{scraper.last_size} bytes each",
+                            flush=True,
+                        )
                     # A proxy that crashed mid-run would show as a pile of socket errors;
                     # say so plainly instead.
                     server.check_alive()

@@ -63,8 +63,9 @@ class Procs:
 
     def start(self, cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
         with open(log, "wb") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True
+            )
         self.procs.append(proc)
         return proc
 
@@ -139,8 +140,9 @@ async def _tcp_rr(port: int, conns: int, duration: float) -> float:
     msg = os.urandom(1024)
     transports = []
     for _ in range(conns):
-        t, _ = await loop.create_connection(lambda: _EchoClient(msg, counter, stop),
-                                            "127.0.0.1", port)
+        t, _ = await loop.create_connection(
+            lambda: _EchoClient(msg, counter, stop), "127.0.0.1", port
+        )
         transports.append(t)
     await asyncio.sleep(0.5)  # warm-up
     start_count, start = counter[0], time.perf_counter()
@@ -211,7 +213,8 @@ async def _udp(port: int, clients: int, duration: float, window: int = 8) -> flo
     protos = []
     for _ in range(clients):
         _, proto = await loop.create_datagram_endpoint(
-            lambda: _UdpClient(counter, window), remote_addr=("127.0.0.1", port))
+            lambda: _UdpClient(counter, window), remote_addr=("127.0.0.1", port)
+        )
         protos.append(proto)
 
     async def keep_windows_full() -> None:
@@ -247,24 +250,22 @@ def start_all(tmp: Path, procs: Procs, want_nginx: bool) -> dict[str, int]:
     ports |= {k: free_port(socket.SOCK_DGRAM) for k in ("uecho", "guard_udp", "nginx_udp")}
     py = sys.executable
     procs.start([py, "-m", "guard.demo", "tcp", "--port", str(ports["echo"])], tmp / "echo.log")
-    procs.start([py, "-m", "guard.demo", "udp", "--port", str(ports["uecho"])],
-                tmp / "uecho.log")
+    procs.start([py, "-m", "guard.demo", "udp", "--port", str(ports["uecho"])], tmp / "uecho.log")
     (tmp / "routes").mkdir()
     (tmp / "guard.yaml").write_text(f"""workers: 1
 routes: routes
 listeners:
-  t: {{protocol: tcp, address: "127.0.0.1:{ports['guard_tcp']}"}}
-  u: {{protocol: udp, address: "127.0.0.1:{ports['guard_udp']}"}}
+  t: {{protocol: tcp, address: "127.0.0.1:{ports["guard_tcp"]}"}}
+  u: {{protocol: udp, address: "127.0.0.1:{ports["guard_udp"]}"}}
 """)
     (tmp / "routes" / "r.yaml").write_text(f"""routes:
   - {{name: t, listener: t, service: echo}}
   - {{name: u, listener: u, service: uecho}}
 services:
-  echo: {{servers: ["127.0.0.1:{ports['echo']}"]}}
-  uecho: {{servers: ["127.0.0.1:{ports['uecho']}"]}}
+  echo: {{servers: ["127.0.0.1:{ports["echo"]}"]}}
+  uecho: {{servers: ["127.0.0.1:{ports["uecho"]}"]}}
 """)
-    procs.start([py, "-m", "guard", "run", "--config", str(tmp / "guard.yaml")],
-                tmp / "guard.log")
+    procs.start([py, "-m", "guard", "run", "--config", str(tmp / "guard.yaml")], tmp / "guard.log")
     haproxy = which("haproxy")
     if haproxy:
         (tmp / "haproxy.cfg").write_text(f"""global
@@ -276,8 +277,8 @@ defaults
     timeout client 60s
     timeout server 60s
 listen echo
-    bind 127.0.0.1:{ports['haproxy']}
-    server s1 127.0.0.1:{ports['echo']}
+    bind 127.0.0.1:{ports["haproxy"]}
+    server s1 127.0.0.1:{ports["echo"]}
 """)
         procs.start([haproxy, "-db", "-f", str(tmp / "haproxy.cfg")], tmp / "haproxy.log")
     else:
@@ -291,8 +292,8 @@ error_log {tmp}/nginx-error.log warn;
 events {{ worker_connections 4096; }}
 stream {{
     server {{
-        listen 127.0.0.1:{ports['nginx_udp']} udp;
-        proxy_pass 127.0.0.1:{ports['uecho']};
+        listen 127.0.0.1:{ports["nginx_udp"]} udp;
+        proxy_pass 127.0.0.1:{ports["uecho"]};
         proxy_responses 1;
         proxy_timeout 30s;
     }}
@@ -357,8 +358,9 @@ def main() -> int:
                     trial = {name: tcp_bulk(port, size) for name, port in tcp_targets}
                 for name, rate in trial.items():
                     print(f"tcp bulk {size // MiB} MiB   {name:8} {rate:12,.0f} MiB/s", flush=True)
-                    rows.append((f"tcp bulk {size // MiB} MiB, 1 conn (echoed)", name, rate,
-                                 "MiB/s"))
+                    rows.append(
+                        (f"tcp bulk {size // MiB} MiB, 1 conn (echoed)", name, rate, "MiB/s")
+                    )
             if "udp" in only:
                 for name, port in udp_targets:
                     rate = udp_rate(port, 20, args.duration)
@@ -373,10 +375,10 @@ def main() -> int:
     return 0
 
 
-def render(rows: list[tuple[str, str, float, str]], notes: list[str],
-           args: argparse.Namespace) -> str:
-    cmd = "python " + " ".join(shlex.quote(a) for a in [
-        "benchmarks/load_l4.py", *sys.argv[1:]])
+def render(
+    rows: list[tuple[str, str, float, str]], notes: list[str], args: argparse.Namespace
+) -> str:
+    cmd = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/load_l4.py", *sys.argv[1:]])
     when = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     lines = [
         f"\n## L4 (tcp/udp listeners), {when}\n",

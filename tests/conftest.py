@@ -103,8 +103,10 @@ def run_guard(
     with stderr_path.open("wb") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "guard", "run", "--config", str(directory / "guard.yaml")],
-            cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
-            stdout=err, stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+            stdout=err,
+            stderr=subprocess.STDOUT,
         )
     g = GuardProc(proc, port, directory, stderr_path)
     try:
@@ -199,19 +201,28 @@ def std_routes(demos: list[Demo]) -> tuple[list[dict[str, Any]], dict[str, dict[
         {"name": "cap", "match": {"host": "{key}.cap.test"}, "service": "c"},
         {"name": "p-root", "match": {"host": "paths.test", "path_prefix": "/"}, "service": "a"},
         {"name": "p-api", "match": {"host": "paths.test", "path_prefix": "/api"}, "service": "b"},
-        {"name": "p-v2", "match": {"host": "paths.test", "path_prefix": "/api/v2"},
-         "service": "c"},
+        {"name": "p-v2", "match": {"host": "paths.test", "path_prefix": "/api/v2"}, "service": "c"},
         {"name": "p-exact", "match": {"host": "paths.test", "path": "/exact"}, "service": "c"},
         {"name": "m-any", "match": {"host": "methods.test"}, "service": "a"},
-        {"name": "m-post", "match": {"host": "methods.test", "methods": ["POST", "PUT"]},
-         "service": "b"},
+        {
+            "name": "m-post",
+            "match": {"host": "methods.test", "methods": ["POST", "PUT"]},
+            "service": "b",
+        },
         {"name": "h-any", "match": {"host": "headers.test"}, "service": "a"},
-        {"name": "h-canary", "match": {"host": "headers.test", "headers": {"x-canary": "1"}},
-         "service": "b"},
+        {
+            "name": "h-canary",
+            "match": {"host": "headers.test", "headers": {"x-canary": "1"}},
+            "service": "b",
+        },
         {"name": "prio-low", "match": {"host": "prio.test"}, "service": "a", "priority": 0},
         {"name": "prio-high", "match": {"host": "prio.test"}, "service": "b", "priority": 5},
-        {"name": "strip", "match": {"host": "strip.test", "path_prefix": "/api/v1"},
-         "service": "a", "strip_prefix": True},
+        {
+            "name": "strip",
+            "match": {"host": "strip.test", "path_prefix": "/api/v1"},
+            "service": "a",
+            "strip_prefix": True,
+        },
         {"name": "rr", "match": {"host": "rr.test"}, "service": "rr"},
         {"name": "hash-h", "match": {"host": "hash.test"}, "service": "hash-h"},
         {"name": "hash-c", "match": {"host": "cookie.test"}, "service": "hash-c"},

@@ -135,8 +135,9 @@ class Conn:
             lines.append(f"Host: {host}")
         hdrs = list(headers)
         lines += [f"{n}: {v}" for n, v in hdrs]
-        if body is not None and not any(n.lower() in ("content-length", "transfer-encoding")
-                                        for n, _ in hdrs):
+        if body is not None and not any(
+            n.lower() in ("content-length", "transfer-encoding") for n, _ in hdrs
+        ):
             lines.append(f"Content-Length: {len(body)}")
         self.send(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b""))
 
@@ -248,9 +249,16 @@ class Conn:
         return True
 
 
-def fetch(port: int, method: str = "GET", target: str = "/", host: str | None = "test",
-          headers: Iterable[tuple[str, str]] = (), body: bytes | None = None,
-          version: str = "1.1", timeout: float = 5.0) -> Resp:
+def fetch(
+    port: int,
+    method: str = "GET",
+    target: str = "/",
+    host: str | None = "test",
+    headers: Iterable[tuple[str, str]] = (),
+    body: bytes | None = None,
+    version: str = "1.1",
+    timeout: float = 5.0,
+) -> Resp:
     with Conn(port, timeout=timeout) as c:
         c.request(method, target, host, headers, body, version)
         return c.read_response(method)
@@ -389,8 +397,9 @@ class BackendConn:
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
-    def respond(self, status: int = 200, body: bytes = b"ok",
-                headers: Iterable[tuple[str, str]] = ()) -> None:
+    def respond(
+        self, status: int = 200, body: bytes = b"ok", headers: Iterable[tuple[str, str]] = ()
+    ) -> None:
         lines = [f"HTTP/1.1 {status} X", f"Content-Length: {len(body)}"]
         lines += [f"{n}: {v}" for n, v in headers]
         self.send(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
@@ -509,8 +518,10 @@ def run_demo(log_dir: Path) -> Iterator[Demo]:
     with log.open("wb") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "guard.demo", "http", "--port", "0"],
-            cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
-            stdout=subprocess.PIPE, stderr=err,
+            cwd=REPO,
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+            stdout=subprocess.PIPE,
+            stderr=err,
         )
     try:
         assert proc.stdout is not None

@@ -47,12 +47,24 @@ def write_files(d: Path, port: int, admin: str, backend: str, workers: int) -> P
     (d / "guard.yaml").write_text(json.dumps(cfg))
     routes = {
         "routes": [
-            {"name": "app", "listener": "web", "match": {"path_prefix": "/bytes"},
-             "service": "app"},
-            {"name": "echo", "listener": "web", "match": {"path_prefix": "/echo"},
-             "service": "app"},
-            {"name": "slow", "listener": "web", "match": {"path_prefix": "/slow"},
-             "service": "app"},
+            {
+                "name": "app",
+                "listener": "web",
+                "match": {"path_prefix": "/bytes"},
+                "service": "app",
+            },
+            {
+                "name": "echo",
+                "listener": "web",
+                "match": {"path_prefix": "/echo"},
+                "service": "app",
+            },
+            {
+                "name": "slow",
+                "listener": "web",
+                "match": {"path_prefix": "/slow"},
+                "service": "app",
+            },
         ],
         "services": {"app": {"servers": [backend]}},
     }
@@ -75,13 +87,18 @@ def run_guard(d: Path, backend: Demo, workers: int) -> Iterator[Running]:
     with (d / "guard.log").open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "guard", "run", "--config", str(cfg)],
-            cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
-            stdout=log, stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     g = Running(proc, port, admin, d)
     try:
-        wait_for(lambda: proc.poll() is not None or (_listening(port) and _listening(admin)),
-                 15, "guard and its admin address")
+        wait_for(
+            lambda: proc.poll() is not None or (_listening(port) and _listening(admin)),
+            15,
+            "guard and its admin address",
+        )
         assert proc.poll() is None, g.log
         yield g
     finally:
@@ -117,8 +134,9 @@ class Scrape:
         return sum(v for _, v in self.samples(name, **labels))
 
 
-def wait_value(port: int, name: str, expected: float, timeout: float = 6.0,
-               **labels: str) -> Scrape:
+def wait_value(
+    port: int, name: str, expected: float, timeout: float = 6.0, **labels: str
+) -> Scrape:
     """Scrape until ``name{labels}`` sums to ``expected`` (workers report once a second)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -167,16 +185,25 @@ def test_counters_move_exactly_with_one_worker(tmp_path: Path, demos: list[Demo]
         assert s.value("guard_response_bytes_total", **route) == n * SIZE
         assert s.value("guard_request_bytes_total", route="echo") == 777
         assert s.value("guard_requests_total", route="echo", code="2xx", method="POST") == 1
-        assert s.value("guard_requests_total", listener="web", route="", service="",
-                       code="4xx", method="GET") == 1
-        assert s.value("guard_errors_total", listener="web", route="",
-                       code="route_not_found") == 1
+        assert (
+            s.value(
+                "guard_requests_total",
+                listener="web",
+                route="",
+                service="",
+                code="4xx",
+                method="GET",
+            )
+            == 1
+        )
+        assert s.value("guard_errors_total", listener="web", route="", code="route_not_found") == 1
         assert s.value("guard_errors_total") == 1
         check_histogram(s, "guard_request_duration_seconds", n, **route)
         check_histogram(s, "guard_overhead_duration_seconds", n, **route)
         # The overhead is a part of the whole duration.
-        assert (s.value("guard_overhead_duration_seconds_sum", **route)
-                <= s.value("guard_request_duration_seconds_sum", **route))
+        assert s.value("guard_overhead_duration_seconds_sum", **route) <= s.value(
+            "guard_request_duration_seconds_sum", **route
+        )
         backend = {"service": "app", "backend": demos[0].address}
         connects = s.value("guard_upstream_connections_total", **backend)
         reused = s.value("guard_upstream_reused_total", **backend)
@@ -204,8 +231,10 @@ def test_counters_move_exactly_with_one_worker(tmp_path: Path, demos: list[Demo]
                 get_bytes(c)
         more = Scrape(g.admin)
         assert more.value("guard_requests_total", **route) == n + 3
-        assert (more.value("guard_upstream_connections_total", **backend)
-                + more.value("guard_upstream_reused_total", **backend)) == n + 4
+        assert (
+            more.value("guard_upstream_connections_total", **backend)
+            + more.value("guard_upstream_reused_total", **backend)
+        ) == n + 4
         (tmp_path / "routes" / "routes.yaml").write_text("routes: [{name: broken}]\n")
         g.proc.send_signal(signal.SIGHUP)
         wait_value(g.admin, "guard_config_reloads_total", 1, result="failure")
@@ -237,18 +266,28 @@ def test_admin_endpoints(tmp_path: Path, demos: list[Demo]) -> None:
             assert slow.read_response().status == 200
 
 
-@pytest.mark.parametrize(("admin", "message"), [
-    ({"address": "0.0.0.0:{port}"}, "is not a loopback address"),
-    ({"address": "127.0.0.1:{port}", "tokens": [{"token_env": "T", "tenant": "*"}]},
-     "admin.tokens: not supported yet"),
-])
+@pytest.mark.parametrize(
+    ("admin", "message"),
+    [
+        ({"address": "0.0.0.0:{port}"}, "is not a loopback address"),
+        (
+            {"address": "127.0.0.1:{port}", "tokens": [{"token_env": "T", "tenant": "*"}]},
+            "admin.tokens: not supported yet",
+        ),
+    ],
+)
 def test_admin_refusals(tmp_path: Path, admin: dict, message: str) -> None:
     cfg = write_files(tmp_path, free_port(), "127.0.0.1:1", "127.0.0.1:9", 1)
     doc = json.loads(cfg.read_text())
     doc["admin"] = {**admin, "address": admin["address"].format(port=free_port())}
     cfg.write_text(json.dumps(doc))
-    out = subprocess.run([sys.executable, "-m", "guard", "run", "--config", str(cfg)],
-                         cwd=REPO, capture_output=True, text=True, timeout=20)
+    out = subprocess.run(
+        [sys.executable, "-m", "guard", "run", "--config", str(cfg)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     assert out.returncode == 2, out.stderr
     assert message in out.stderr
 
@@ -285,8 +324,11 @@ def test_one_scrape_sums_all_workers(tmp_path: Path, demos: list[Demo]) -> None:
         # A worker killed outright: its counts stay in the sum, its replacement adds on.
         victim = _worker_pids(g.proc.pid)[0]
         os.kill(victim, signal.SIGKILL)
-        wait_for(lambda: len(_worker_pids(g.proc.pid)) == 2
-                 and victim not in _worker_pids(g.proc.pid), 10, "a restarted worker")
+        wait_for(
+            lambda: len(_worker_pids(g.proc.pid)) == 2 and victim not in _worker_pids(g.proc.pid),
+            10,
+            "a restarted worker",
+        )
         assert Scrape(g.admin).value("guard_requests_total", **route) == n
         wait_for(lambda: _listening(g.port), 5, "the listener")
         for _ in range(4):
@@ -334,8 +376,7 @@ services:
             for _ in range(3):
                 u.sendto(b"u" * 100, ("127.0.0.1", udp_port))
                 assert u.recvfrom(65536)[0] == b"u" * 100
-            scrape = wait_value(admin, "guard_tcp_sent_bytes_total", 1000, listener="t",
-                                route="tr")
+            scrape = wait_value(admin, "guard_tcp_sent_bytes_total", 1000, listener="t", route="tr")
             wait_value(admin, "guard_open_connections", 0, listener="t", protocol="tcp")
         assert scrape.value("guard_tcp_accepted_total", listener="t") == 1
         assert scrape.value("guard_tcp_connections_total", listener="t", route="tr") == 1

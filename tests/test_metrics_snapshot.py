@@ -54,13 +54,16 @@ def test_encode_decode_round_trip() -> None:
     assert frame.snapshot == snap
 
 
-@pytest.mark.parametrize("data", [
-    b"not json",
-    b'{"format": 99, "pid": 1, "worker": 0, "families": {}}',
-    b'{"format": 1, "pid": 1, "worker": 0, "families": {"nope_total": []}}',
-    b'{"format": 1, "pid": 1, "worker": 0, "families": {"guard_requests_total": [[["a"], 1]]}}',
-    b'{"format": 1, "worker": 0, "families": {}}',
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"not json",
+        b'{"format": 99, "pid": 1, "worker": 0, "families": {}}',
+        b'{"format": 1, "pid": 1, "worker": 0, "families": {"nope_total": []}}',
+        b'{"format": 1, "pid": 1, "worker": 0, "families": {"guard_requests_total": [[["a"], 1]]}}',
+        b'{"format": 1, "worker": 0, "families": {}}',
+    ],
+)
 def test_decode_rejects_what_it_would_have_to_guess(data: bytes) -> None:
     with pytest.raises(ValueError):
         decode(data)
@@ -71,7 +74,8 @@ def test_merge_sums_counters_gauges_and_histograms_without_touching_inputs() -> 
     add(b, "guard_requests_total", (*ROUTE, "5xx", "POST"), 1)
     m = merge([a, b])
     assert m["guard_requests_total"] == {
-        (*ROUTE, "2xx", "GET"): 7, (*ROUTE, "5xx", "POST"): 1,
+        (*ROUTE, "2xx", "GET"): 7,
+        (*ROUTE, "5xx", "POST"): 1,
     }
     assert m["guard_backend_in_flight"] == {("app", "127.0.0.1:1"): 3}
     h = m["guard_request_duration_seconds"][ROUTE]
@@ -113,13 +117,20 @@ def test_collector_renders_cumulative_buckets_from_route_stats() -> None:
     for duration in (0.0001, 0.0003, 0.0003, 0.2, 100.0):
         stats.observe(200, b"GET", "", duration, 0.0)
     snap: Snapshot = {}
-    add(snap, "guard_request_duration_seconds", ROUTE,
-        Hist(list(stats.duration.counts), stats.duration.sum))
+    add(
+        snap,
+        "guard_request_duration_seconds",
+        ROUTE,
+        Hist(list(stats.duration.counts), stats.duration.sum),
+    )
     add(snap, "guard_requests_total", (*ROUTE, "2xx", "GET"), stats.total)
     text = MetricsPage(lambda: snap).render().decode()
     fams = {f.name: f for f in text_string_to_metric_families(text)}
-    buckets = {s.labels["le"]: s.value for s in fams["guard_request_duration_seconds"].samples
-               if s.name.endswith("_bucket")}
+    buckets = {
+        s.labels["le"]: s.value
+        for s in fams["guard_request_duration_seconds"].samples
+        if s.name.endswith("_bucket")
+    }
     assert buckets["0.00025"] == 1 and buckets["0.0005"] == 3 and buckets["0.25"] == 4
     assert buckets["60.0"] == 4 and buckets["+Inf"] == 5
     values = list(buckets.values())
@@ -130,8 +141,9 @@ def test_collector_renders_cumulative_buckets_from_route_stats() -> None:
 
 
 def pages(draining: bool = False) -> AdminPages:
-    return AdminPages(metrics=lambda: b"m 1\n", metrics_type="text/plain",
-                      draining=lambda: draining)
+    return AdminPages(
+        metrics=lambda: b"m 1\n", metrics_type="text/plain", draining=lambda: draining
+    )
 
 
 def test_admin_routing() -> None:
@@ -145,10 +157,19 @@ def test_admin_routing() -> None:
     assert wrong.status == 405 and ("allow", "GET, HEAD") in wrong.extra
 
 
-@pytest.mark.parametrize(("host", "refused"), [
-    ("127.0.0.1", False), ("127.0.0.2", False), ("::1", False), ("localhost", False),
-    ("0.0.0.0", True), ("::", True), ("10.0.0.5", True), ("admin.internal", True),
-])
+@pytest.mark.parametrize(
+    ("host", "refused"),
+    [
+        ("127.0.0.1", False),
+        ("127.0.0.2", False),
+        ("::1", False),
+        ("localhost", False),
+        ("0.0.0.0", True),
+        ("::", True),
+        ("10.0.0.5", True),
+        ("admin.internal", True),
+    ],
+)
 def test_admin_without_tokens_only_binds_loopback(host: str, refused: bool) -> None:
     assert (bind_refusal(AdminConfig(host, 9901)) is not None) == refused
     with_tokens = AdminConfig(host, 9901, (AdminToken(tenant="*", token_env="T"),))

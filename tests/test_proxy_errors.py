@@ -131,11 +131,11 @@ MALFORMED = {
     "no-colon": b"GET / HTTP/1.1\r\nHost: demo.test\r\nBad Header\r\n\r\n",
     "space-before-colon": b"GET / HTTP/1.1\r\nHost: demo.test\r\nX-A : 1\r\n\r\n",
     "cl-and-te": b"POST / HTTP/1.1\r\nHost: demo.test\r\nContent-Length: 5\r\n"
-                 b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
     "cl-plus": b"POST / HTTP/1.1\r\nHost: demo.test\r\nContent-Length: +5\r\n\r\nhello",
     "cl-hex": b"POST / HTTP/1.1\r\nHost: demo.test\r\nContent-Length: 0x5\r\n\r\nhello",
     "cl-conflict": b"POST / HTTP/1.1\r\nHost: demo.test\r\nContent-Length: 5\r\n"
-                   b"Content-Length: 6\r\n\r\nhello!",
+    b"Content-Length: 6\r\n\r\nhello!",
     "cl-empty": b"POST / HTTP/1.1\r\nHost: demo.test\r\nContent-Length: \r\n\r\n",
     "obs-fold": b"GET / HTTP/1.1\r\nHost: demo.test\r\nX-A: 1\r\n  folded\r\n\r\n",
     "nul-in-value": b"GET / HTTP/1.1\r\nHost: demo.test\r\nX-A: a\x00b\r\n\r\n",
@@ -145,11 +145,11 @@ MALFORMED = {
     "bad-method": b"G(T / HTTP/1.1\r\nHost: demo.test\r\n\r\n",
     "bad-version": b"GET / HTTP/7.3\r\nHost: demo.test\r\n\r\n",
     "bad-chunk-size": b"POST / HTTP/1.1\r\nHost: demo.test\r\nTransfer-Encoding: chunked\r\n"
-                      b"\r\nzz\r\nhello\r\n0\r\n\r\n",
+    b"\r\nzz\r\nhello\r\n0\r\n\r\n",
     "bare-lf-chunk": b"POST / HTTP/1.1\r\nHost: demo.test\r\nTransfer-Encoding: chunked\r\n"
-                     b"\r\n5\nhello\r\n0\r\n\r\n",
+    b"\r\n5\nhello\r\n0\r\n\r\n",
     "te-chunked-twice": b"POST / HTTP/1.1\r\nHost: demo.test\r\n"
-                        b"Transfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+    b"Transfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
 }
 
 # Codec disagreements found by these tests (guard/http/* belongs to another engineer).
@@ -171,8 +171,10 @@ def test_malformed_request_is_400(std_guard, parser, case, request) -> None:
 
 def test_malformed_after_good_request_answers_both_in_order(std_guard) -> None:
     with Conn(std_guard.port) as c:
-        c.send(b"GET /slow?delay=0.1 HTTP/1.1\r\nHost: demo.test\r\n\r\n"
-               b"GET / HTTP/1.1\r\nHost: demo.test\r\nBroken\r\n\r\n")
+        c.send(
+            b"GET /slow?delay=0.1 HTTP/1.1\r\nHost: demo.test\r\n\r\n"
+            b"GET / HTTP/1.1\r\nHost: demo.test\r\nBroken\r\n\r\n"
+        )
         r1 = c.read_response()
         assert r1.status == 200 and r1.body.startswith(b"slept")
         assert_guard_error(c.read_response(), 400, "bad_request")
@@ -183,10 +185,12 @@ def test_malformed_after_pipelined_requests_answers_all_in_order(guard, raw_back
     backend = raw_backend(_answer_target)
     g = guard(servers=[backend.address])
     with Conn(g.port) as c:
-        c.send(b"POST /one HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc"
-               b"GET /two HTTP/1.1\r\nHost: t\r\n\r\n"
-               b"POST /three HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
-               b"3\r\nabc\r\nzz\r\n")  # /three's body is malformed
+        c.send(
+            b"POST /one HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc"
+            b"GET /two HTTP/1.1\r\nHost: t\r\n\r\n"
+            b"POST /three HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\nabc\r\nzz\r\n"
+        )  # /three's body is malformed
         r1, r2 = c.read_response(), c.read_response()
         assert (r1.status, r1.body, r2.status, r2.body) == (200, b"/one", 200, b"/two")
         assert_guard_error(c.read_response(), 400, "bad_request")
@@ -202,8 +206,7 @@ def _answer_target(conn: BackendConn) -> None:
 
 
 def test_unsupported_expectation_is_417(std_guard) -> None:
-    r = fetch(std_guard.port, "POST", "/", "demo.test", [("Expect", "something-else")],
-              body=b"")
+    r = fetch(std_guard.port, "POST", "/", "demo.test", [("Expect", "something-else")], body=b"")
     assert_guard_error(r, 417, "expectation_failed")
 
 
@@ -335,8 +338,9 @@ def test_idle_keep_alive_timeout_closes(guard, demos) -> None:
 
 
 def test_idle_timeout_on_silent_connection(guard, demos) -> None:
-    g = guard(servers=[demos[0].address],
-              http={"timeouts": {"idle": "500ms", "request_header": "500ms"}})
+    g = guard(
+        servers=[demos[0].address], http={"timeouts": {"idle": "500ms", "request_header": "500ms"}}
+    )
     with Conn(g.port) as c:
         t0 = time.monotonic()
         assert c.closed_within(3)

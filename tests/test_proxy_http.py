@@ -99,12 +99,14 @@ def test_strip_prefix(std_guard, demos, path, seen) -> None:
 
 def test_strip_prefix_not_applied_outside_the_prefix(std_guard) -> None:
     # /api/v1x is not under /api/v1: no route for it on strip.test
-    assert_guard_error(fetch(std_guard.port, "GET", "/api/v1x", "strip.test"), 404,
-                       "route_not_found")
+    assert_guard_error(
+        fetch(std_guard.port, "GET", "/api/v1x", "strip.test"), 404, "route_not_found"
+    )
 
 
-@pytest.mark.parametrize(("host", "path"), [("nothing.test", "/"), ("wild.test", "/"),
-                                            ("cap.test", "/"), (None, "/")])
+@pytest.mark.parametrize(
+    ("host", "path"), [("nothing.test", "/"), ("wild.test", "/"), ("cap.test", "/"), (None, "/")]
+)
 def test_no_route_is_404(std_guard, host, path) -> None:
     version = "1.0" if host is None else "1.1"  # HTTP/1.0 may omit Host
     resp = fetch(std_guard.port, "GET", path, host, version=version)
@@ -135,8 +137,11 @@ def test_hash_on_header_is_sticky(std_guard, demos) -> None:
     chosen = {}
     for user in range(12):
         ports = {
-            port_of(fetch(std_guard.port, "GET", "/healthz", "hash.test",
-                          [("X-User-Id", f"user-{user}")]))
+            port_of(
+                fetch(
+                    std_guard.port, "GET", "/healthz", "hash.test", [("X-User-Id", f"user-{user}")]
+                )
+            )
             for _ in range(4)
         }
         assert len(ports) == 1, f"user-{user} moved between {ports}"
@@ -149,14 +154,17 @@ def test_hash_on_cookie_is_sticky(std_guard) -> None:
     chosen = {}
     for sid in range(12):
         cookie = [("Cookie", f"theme=dark; sid=s{sid}; lang=en")]
-        ports = {port_of(fetch(std_guard.port, "GET", "/healthz", "cookie.test", cookie))
-                 for _ in range(4)}
+        ports = {
+            port_of(fetch(std_guard.port, "GET", "/healthz", "cookie.test", cookie))
+            for _ in range(4)
+        }
         assert len(ports) == 1, f"sid s{sid} moved between {ports}"
         chosen[sid] = ports.pop()
         # the other cookies do not take part in the hash
         other = [("Cookie", f"sid=s{sid}")]
-        assert port_of(fetch(std_guard.port, "GET", "/healthz", "cookie.test", other)) == \
-            chosen[sid]
+        assert (
+            port_of(fetch(std_guard.port, "GET", "/healthz", "cookie.test", other)) == chosen[sid]
+        )
     assert len(set(chosen.values())) >= 2
 
 
@@ -177,8 +185,7 @@ def test_least_request_avoids_a_busy_backend(std_guard, demos) -> None:
         for c in slow:
             c.request("GET", "/slow?delay=0.6", "lr.test")
         time.sleep(0.15)
-        ports = {port_of(fetch(std_guard.port, "GET", "/healthz", "lr.test"))
-                 for _ in range(3)}
+        ports = {port_of(fetch(std_guard.port, "GET", "/healthz", "lr.test")) for _ in range(3)}
         busy = {port_of(c.read_response()) for c in slow}
     finally:
         for c in slow:

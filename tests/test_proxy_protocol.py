@@ -26,8 +26,9 @@ def test_v1_spec_example() -> None:
     raw = b"PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\n"
     assert encode_v1(*V4) == raw
     header = decode(raw + b"GET / HTTP/1.1\r\n")
-    assert header == ProxyHeader(1, "TCP4", "192.168.0.1", 56324, "192.168.0.11", 443,
-                                 length=len(raw))
+    assert header == ProxyHeader(
+        1, "TCP4", "192.168.0.1", 56324, "192.168.0.11", 443, length=len(raw)
+    )
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
@@ -99,26 +100,29 @@ def test_every_prefix_is_incomplete(version: str) -> None:
         assert decode(raw[:n]) is None, n
 
 
-@pytest.mark.parametrize("raw", [
-    b"GET / HTTP/1.1\r\n",
-    b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n",  # LF without CR...
-    b"PROXY TCP4 1.2.3.4 5.6.7.8 01 2\r\n",  # leading zero
-    b"PROXY TCP4 1.2.3.4 5.6.7.8 +1 2\r\n",
-    b"PROXY TCP4 1.2.3.4 5.6.7.8 70000 2\r\n",
-    b"PROXY TCP4 ::1 5.6.7.8 1 2\r\n",  # v6 address on TCP4
-    b"PROXY TCP6 1.2.3.4 ::1 1 2\r\n",
-    b"PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n",
-    b"PROXY TCP4  1.2.3.4 5.6.7.8 1 2\r\n",  # double space
-    b"PROXY UDP4 1.2.3.4 5.6.7.8 1 2\r\n",
-    b"PROXY " + b"A" * 120,  # no CRLF within 107 bytes
-    b"PRXY",
-    b"\r\n\r\n\x00\r\nQUIX\n\x21\x11\x00\x0c" + bytes(12),  # bad signature
-    V2_SIGNATURE + b"\x11\x11\x00\x0c" + bytes(12),  # version 1 in a v2 header
-    V2_SIGNATURE + b"\x22\x11\x00\x0c" + bytes(12),  # command 2
-    V2_SIGNATURE + b"\x21\x41\x00\x0c" + bytes(12),  # family 4
-    V2_SIGNATURE + b"\x21\x11\x00\x04" + bytes(4),  # address block too short for TCP4
-    V2_SIGNATURE + b"\x21\x21\x00\x0c" + bytes(12),  # too short for TCP6
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GET / HTTP/1.1\r\n",
+        b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n",  # LF without CR...
+        b"PROXY TCP4 1.2.3.4 5.6.7.8 01 2\r\n",  # leading zero
+        b"PROXY TCP4 1.2.3.4 5.6.7.8 +1 2\r\n",
+        b"PROXY TCP4 1.2.3.4 5.6.7.8 70000 2\r\n",
+        b"PROXY TCP4 ::1 5.6.7.8 1 2\r\n",  # v6 address on TCP4
+        b"PROXY TCP6 1.2.3.4 ::1 1 2\r\n",
+        b"PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n",
+        b"PROXY TCP4  1.2.3.4 5.6.7.8 1 2\r\n",  # double space
+        b"PROXY UDP4 1.2.3.4 5.6.7.8 1 2\r\n",
+        b"PROXY " + b"A" * 120,  # no CRLF within 107 bytes
+        b"PRXY",
+        b"\r\n\r\n\x00\r\nQUIX\n\x21\x11\x00\x0c" + bytes(12),  # bad signature
+        V2_SIGNATURE + b"\x11\x11\x00\x0c" + bytes(12),  # version 1 in a v2 header
+        V2_SIGNATURE + b"\x22\x11\x00\x0c" + bytes(12),  # command 2
+        V2_SIGNATURE + b"\x21\x41\x00\x0c" + bytes(12),  # family 4
+        V2_SIGNATURE + b"\x21\x11\x00\x04" + bytes(4),  # address block too short for TCP4
+        V2_SIGNATURE + b"\x21\x21\x00\x0c" + bytes(12),  # too short for TCP6
+    ],
+)
 def test_malformed(raw: bytes) -> None:
     with pytest.raises(ProxyProtocolError):
         decode(raw)
@@ -140,13 +144,22 @@ def test_decode_never_crashes(data: bytes) -> None:
         assert header is None or 0 < header.length <= len(candidate)
 
 
-@given(st.ip_addresses(v=4), st.ip_addresses(v=4), st.integers(0, 65535),
-       st.integers(0, 65535), st.sampled_from(["v1", "v2"]))
+@given(
+    st.ip_addresses(v=4),
+    st.ip_addresses(v=4),
+    st.integers(0, 65535),
+    st.integers(0, 65535),
+    st.sampled_from(["v1", "v2"]),
+)
 def test_round_trip_any_v4(a: object, b: object, p: int, q: int, version: str) -> None:
     header = decode(encode(version, (str(a), p), (str(b), q)))
     assert header is not None
     assert (header.src_addr, header.src_port, header.dst_addr, header.dst_port) == (
-        str(a), p, str(b), q)
+        str(a),
+        p,
+        str(b),
+        q,
+    )
 
 
 # v4-mapped v6 addresses are sent as TCP4 (tested above), so they are left out here.

@@ -27,33 +27,53 @@ def values(headers: list[tuple[str, str]], name: str) -> list[str]:
 
 
 def test_hop_by_hop_headers_are_removed(std_guard) -> None:
-    resp = fetch(std_guard.port, "GET", "/hop", "demo.test", [
-        ("Connection", "keep-alive, X-Secret, x-Other"),
-        ("Keep-Alive", "timeout=5, max=100"),
-        ("TE", "trailers"),
-        ("Trailer", "X-Checksum"),
-        ("Upgrade", "h2c"),  # no "upgrade" token in Connection: not an upgrade request
-        ("Proxy-Connection", "keep-alive"),
-        ("X-Secret", "s3cret"),
-        ("X-Other", "2"),
-        ("X-Kept", "yes"),
-    ])
+    resp = fetch(
+        std_guard.port,
+        "GET",
+        "/hop",
+        "demo.test",
+        [
+            ("Connection", "keep-alive, X-Secret, x-Other"),
+            ("Keep-Alive", "timeout=5, max=100"),
+            ("TE", "trailers"),
+            ("Trailer", "X-Checksum"),
+            ("Upgrade", "h2c"),  # no "upgrade" token in Connection: not an upgrade request
+            ("Proxy-Connection", "keep-alive"),
+            ("X-Secret", "s3cret"),
+            ("X-Other", "2"),
+            ("X-Kept", "yes"),
+        ],
+    )
     headers = echo_headers(resp)
     names = {n for n, _ in headers}
-    for gone in ("connection", "keep-alive", "te", "trailer", "upgrade", "proxy-connection",
-                 "x-secret", "x-other"):
+    for gone in (
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-connection",
+        "x-secret",
+        "x-other",
+    ):
         assert gone not in names, (gone, headers)
     assert values(headers, "x-kept") == ["yes"]
     assert values(headers, "host") == ["demo.test"]
 
 
 def test_forwarding_headers_set_and_client_values_overwritten(std_guard) -> None:
-    resp = fetch(std_guard.port, "GET", "/fwd", "demo.test", [
-        ("X-Forwarded-For", "1.2.3.4"),
-        ("X-Forwarded-Proto", "https"),
-        ("X-Forwarded-Host", "evil.example"),
-        ("Forwarded", "for=1.2.3.4;proto=https"),
-    ])
+    resp = fetch(
+        std_guard.port,
+        "GET",
+        "/fwd",
+        "demo.test",
+        [
+            ("X-Forwarded-For", "1.2.3.4"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "evil.example"),
+            ("Forwarded", "for=1.2.3.4;proto=https"),
+        ],
+    )
     headers = echo_headers(resp)
     assert values(headers, "x-forwarded-for") == ["127.0.0.1"]
     assert values(headers, "x-forwarded-proto") == ["http"]
@@ -70,10 +90,16 @@ def test_forwarding_headers_without_client_values(std_guard) -> None:
 
 
 def test_client_cannot_delete_forwarding_headers_via_connection(std_guard) -> None:
-    resp = fetch(std_guard.port, "GET", "/fwd", "demo.test", [
-        ("Connection", "X-Forwarded-For, Forwarded, X-Forwarded-Host, X-Forwarded-Proto"),
-        ("X-Forwarded-For", "6.6.6.6"),
-    ])
+    resp = fetch(
+        std_guard.port,
+        "GET",
+        "/fwd",
+        "demo.test",
+        [
+            ("Connection", "X-Forwarded-For, Forwarded, X-Forwarded-Host, X-Forwarded-Proto"),
+            ("X-Forwarded-For", "6.6.6.6"),
+        ],
+    )
     headers = echo_headers(resp)
     assert values(headers, "x-forwarded-for") == ["127.0.0.1"]
     assert values(headers, "x-forwarded-proto") == ["http"]
@@ -83,12 +109,18 @@ def test_client_cannot_delete_forwarding_headers_via_connection(std_guard) -> No
 
 def test_trusted_proxy_forwarding_headers_are_appended(guard, demos) -> None:
     g = guard(servers=[demos[0].address], http={"trusted_proxies": ["127.0.0.1/32"]})
-    resp = fetch(g.port, "GET", "/fwd", "site.test", [
-        ("X-Forwarded-For", "1.2.3.4, 10.0.0.1"),
-        ("X-Forwarded-Proto", "https"),
-        ("X-Forwarded-Host", "public.example"),
-        ("Forwarded", "for=1.2.3.4;proto=https"),
-    ])
+    resp = fetch(
+        g.port,
+        "GET",
+        "/fwd",
+        "site.test",
+        [
+            ("X-Forwarded-For", "1.2.3.4, 10.0.0.1"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "public.example"),
+            ("Forwarded", "for=1.2.3.4;proto=https"),
+        ],
+    )
     headers = echo_headers(resp)
     assert values(headers, "x-forwarded-for") == ["1.2.3.4, 10.0.0.1, 127.0.0.1"]
     assert values(headers, "x-forwarded-proto") == ["https"]
@@ -98,9 +130,16 @@ def test_trusted_proxy_forwarding_headers_are_appended(guard, demos) -> None:
     ]
     # Named in Connection, a trusted peer's X-Forwarded-For was meant for Guard alone:
     # not believed, but Guard's own value is still there.
-    resp = fetch(g.port, "GET", "/fwd", "site.test", [
-        ("Connection", "X-Forwarded-For"), ("X-Forwarded-For", "1.2.3.4"),
-    ])
+    resp = fetch(
+        g.port,
+        "GET",
+        "/fwd",
+        "site.test",
+        [
+            ("Connection", "X-Forwarded-For"),
+            ("X-Forwarded-For", "1.2.3.4"),
+        ],
+    )
     assert values(echo_headers(resp), "x-forwarded-for") == ["127.0.0.1"]
 
 
@@ -125,8 +164,7 @@ def test_http10_client_without_keep_alive_is_closed(std_guard) -> None:
 def test_http10_client_with_keep_alive(std_guard) -> None:
     with Conn(std_guard.port) as c:
         for i in range(3):
-            c.request("GET", f"/ka{i}", "demo.test", [("Connection", "keep-alive")],
-                      version="1.0")
+            c.request("GET", f"/ka{i}", "demo.test", [("Connection", "keep-alive")], version="1.0")
             r = c.read_response()
             assert r.status == 200
             assert r.header("connection") == "keep-alive"
@@ -142,10 +180,25 @@ def test_expect_100_continue_with_curl(std_guard, tmp_path) -> None:
     data.write_bytes(b"x" * (512 * 1024))
     t0 = time.monotonic()
     out = subprocess.run(
-        [CURL, "-sS", "-o", "-", "-w", "\n%{http_code}", "--expect100-timeout", "5",
-         "-H", "Host: demo.test", "-H", "Expect: 100-continue",
-         "--data-binary", f"@{data}", f"{std_guard.url}/upload"],
-        capture_output=True, timeout=20,
+        [
+            CURL,
+            "-sS",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "--expect100-timeout",
+            "5",
+            "-H",
+            "Host: demo.test",
+            "-H",
+            "Expect: 100-continue",
+            "--data-binary",
+            f"@{data}",
+            f"{std_guard.url}/upload",
+        ],
+        capture_output=True,
+        timeout=20,
     )
     elapsed = time.monotonic() - t0
     assert out.returncode == 0, out.stderr
@@ -164,9 +217,23 @@ def test_expect_100_continue_over_a_pooled_connection(guard, demos, tmp_path) ->
     for _ in range(3):
         t0 = time.monotonic()
         out = subprocess.run(
-            [CURL, "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--expect100-timeout", "5",
-             "-H", "Expect: 100-continue", "--data-binary", f"@{data}", f"{g.url}/up"],
-            capture_output=True, timeout=20,
+            [
+                CURL,
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--expect100-timeout",
+                "5",
+                "-H",
+                "Expect: 100-continue",
+                "--data-binary",
+                f"@{data}",
+                f"{g.url}/up",
+            ],
+            capture_output=True,
+            timeout=20,
         )
         assert out.returncode == 0 and out.stdout == b"200", out
         assert time.monotonic() - t0 < 2.0
@@ -175,8 +242,10 @@ def test_expect_100_continue_over_a_pooled_connection(guard, demos, tmp_path) ->
 def test_expect_100_continue_raw(std_guard) -> None:
     """The client waits for the interim 100 before sending the body."""
     with Conn(std_guard.port) as c:
-        c.send(b"POST /exp HTTP/1.1\r\nHost: demo.test\r\nContent-Length: 5\r\n"
-               b"Expect: 100-continue\r\n\r\n")
+        c.send(
+            b"POST /exp HTTP/1.1\r\nHost: demo.test\r\nContent-Length: 5\r\n"
+            b"Expect: 100-continue\r\n\r\n"
+        )
         interim = c.read_head()
         assert interim.status == 100
         c.send(b"hello")
@@ -201,8 +270,10 @@ def test_expect_answered_by_guard_and_not_forwarded(guard, raw_backend) -> None:
     g = guard(servers=[backend.address])
     for i in range(3):  # the first opens the upstream connection, the others reuse it
         with Conn(g.port) as c:
-            c.send(b"POST /e%d HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n"
-                   b"Expect: 100-continue\r\n\r\n" % i)
+            c.send(
+                b"POST /e%d HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n"
+                b"Expect: 100-continue\r\n\r\n" % i
+            )
             assert c.read_head().status == 100
             c.send(b"hello")
             r = c.read_response()
@@ -217,8 +288,13 @@ def test_expect_answered_by_guard_and_not_forwarded(guard, raw_backend) -> None:
 
 @pytest.mark.parametrize(
     ("method", "path", "status"),
-    [("HEAD", "/bytes/1000", 200), ("HEAD", "/stream?chunks=3&interval=0", 200),
-     ("HEAD", "/", 200), ("GET", "/status/204", 204), ("GET", "/status/304", 304)],
+    [
+        ("HEAD", "/bytes/1000", 200),
+        ("HEAD", "/stream?chunks=3&interval=0", 200),
+        ("HEAD", "/", 200),
+        ("GET", "/status/204", 204),
+        ("GET", "/status/304", 304),
+    ],
 )
 def test_bodyless_responses_keep_the_connection_usable(std_guard, method, path, status) -> None:
     with Conn(std_guard.port) as c:
@@ -255,10 +331,12 @@ def test_pipelined_requests_answered_in_order(std_guard) -> None:
 
 def test_pipelined_requests_to_different_routes(std_guard, demos) -> None:
     with Conn(std_guard.port) as c:
-        c.send(b"".join(
-            b"GET /p%d HTTP/1.1\r\nHost: %s\r\n\r\n" % (i, host)
-            for i, host in enumerate([b"exact.test", b"nothing.test", b"x.wild.test"])
-        ))
+        c.send(
+            b"".join(
+                b"GET /p%d HTTP/1.1\r\nHost: %s\r\n\r\n" % (i, host)
+                for i, host in enumerate([b"exact.test", b"nothing.test", b"x.wild.test"])
+            )
+        )
         r1, r2, r3 = (c.read_response() for _ in range(3))
     assert r1.json()["path"] == "/p0" and r1.json()["port"] == demos[0].port
     assert r2.status == 404 and r2.header("x-guard-error") == "route_not_found"
@@ -268,8 +346,7 @@ def test_pipelined_requests_to_different_routes(std_guard, demos) -> None:
 def test_many_pipelined_requests(std_guard) -> None:
     sizes = [(i * 7919) % 5000 for i in range(60)]
     with Conn(std_guard.port) as c:
-        c.send(b"".join(b"GET /bytes/%d HTTP/1.1\r\nHost: demo.test\r\n\r\n" % n
-                        for n in sizes))
+        c.send(b"".join(b"GET /bytes/%d HTTP/1.1\r\nHost: demo.test\r\n\r\n" % n for n in sizes))
         got = [len(c.read_response().body) for _ in sizes]
     assert got == sizes
 
@@ -279,8 +356,10 @@ def test_many_pipelined_requests(std_guard) -> None:
 
 def _early_hints(conn: BackendConn) -> None:
     while conn.read_request() is not None:
-        conn.send(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
-                  b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        conn.send(
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        )
 
 
 def test_informational_response_relayed(guard, raw_backend) -> None:
@@ -347,14 +426,18 @@ def test_client_connection_close_closes_after_response(std_guard) -> None:
         assert c.closed_within(2)
 
 
-@pytest.mark.parametrize("third", [b"GET /healthz HTTP/1.1\r\nHost: demo.test\r\n\r\n",
-                                   b"garbage that is not http\r\n\r\n"])
+@pytest.mark.parametrize(
+    "third",
+    [b"GET /healthz HTTP/1.1\r\nHost: demo.test\r\n\r\n", b"garbage that is not http\r\n\r\n"],
+)
 def test_nothing_answered_after_a_pipelined_connection_close(std_guard, third) -> None:
     """RFC 9112 9.6: after the response to a "close" request, the connection ends; what
     the client sent behind it is neither processed nor answered (same for both parsers)."""
     with Conn(std_guard.port) as c:
-        c.send(b"GET /one HTTP/1.1\r\nHost: demo.test\r\n\r\n"
-               b"GET /two HTTP/1.1\r\nHost: demo.test\r\nConnection: close\r\n\r\n" + third)
+        c.send(
+            b"GET /one HTTP/1.1\r\nHost: demo.test\r\n\r\n"
+            b"GET /two HTTP/1.1\r\nHost: demo.test\r\nConnection: close\r\n\r\n" + third
+        )
         r1, r2 = c.read_response(), c.read_response()
         assert r1.json()["path"] == "/one" and r1.header("connection") is None
         assert r2.json()["path"] == "/two" and r2.header("connection") == "close"
@@ -363,9 +446,11 @@ def test_nothing_answered_after_a_pipelined_connection_close(std_guard, third) -
 
 def test_half_close_after_pipelined_requests_answers_them(std_guard) -> None:
     with Conn(std_guard.port) as c:
-        c.send(b"GET /slow?delay=0.1 HTTP/1.1\r\nHost: demo.test\r\n\r\n"
-               b"GET /two HTTP/1.1\r\nHost: demo.test\r\n\r\n"
-               b"GET /three HTTP/1.1\r\nHost: demo.test\r\n\r\n")
+        c.send(
+            b"GET /slow?delay=0.1 HTTP/1.1\r\nHost: demo.test\r\n\r\n"
+            b"GET /two HTTP/1.1\r\nHost: demo.test\r\n\r\n"
+            b"GET /three HTTP/1.1\r\nHost: demo.test\r\n\r\n"
+        )
         c.sock.shutdown(socket.SHUT_WR)
         bodies = [c.read_response().body for _ in range(3)]
         assert bodies[0].startswith(b"slept")

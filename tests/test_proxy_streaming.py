@@ -132,8 +132,13 @@ def test_chunked_response_streams_chunked_to_http11(std_guard) -> None:
 
 def test_chunked_response_close_delimited_to_http10(std_guard) -> None:
     with Conn(std_guard.port) as c:
-        c.request("GET", "/bytes/100000?chunked=1", "demo.test",
-                  [("Connection", "keep-alive")], version="1.0")
+        c.request(
+            "GET",
+            "/bytes/100000?chunked=1",
+            "demo.test",
+            [("Connection", "keep-alive")],
+            version="1.0",
+        )
         # Guard asks the backend in HTTP/1.1, gets chunked, and must un-chunk it
         r = c.read_response()
         assert r.status == 200
@@ -193,10 +198,12 @@ def test_request_trailers_dropped(guard, raw_backend) -> None:
     backend = raw_backend(lambda conn: _record_and_answer(conn))
     g = guard(servers=[backend.address])
     with Conn(g.port) as c:
-        c.send(b"POST /t HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n"
-               b"Trailer: X-Sum\r\n\r\n"
-               b"3\r\nabc\r\n4;name=v\r\ndefg\r\n0\r\nX-Sum: 99\r\n\r\n"
-               b"GET /after HTTP/1.1\r\nHost: test\r\n\r\n")
+        c.send(
+            b"POST /t HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n"
+            b"Trailer: X-Sum\r\n\r\n"
+            b"3\r\nabc\r\n4;name=v\r\ndefg\r\n0\r\nX-Sum: 99\r\n\r\n"
+            b"GET /after HTTP/1.1\r\nHost: test\r\n\r\n"
+        )
         r1, r2 = c.read_response(), c.read_response()
     assert (r1.status, r1.body) == (200, b"/t")
     assert (r2.status, r2.body) == (200, b"/after")

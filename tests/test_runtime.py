@@ -130,15 +130,20 @@ def test_version_and_help() -> None:
 
 @pytest.mark.skipif(not SHARED_EXAMPLES.exists(), reason="shared examples not present")
 def test_check_passes_on_shared_examples() -> None:
-    out = subprocess.run(guard_cmd("check", "--config", str(SHARED_EXAMPLES)),
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        guard_cmd("check", "--config", str(SHARED_EXAMPLES)), capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
     assert "ok:" in out.stdout
 
 
 def test_check_passes_on_project_configs() -> None:
-    out = subprocess.run(guard_cmd("check", "--config", "configs/guard.yaml"),
-                         capture_output=True, text=True, cwd=REPO)
+    out = subprocess.run(
+        guard_cmd("check", "--config", "configs/guard.yaml"),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert out.returncode == 0, out.stderr
 
 
@@ -147,18 +152,17 @@ def test_check_reports_file_and_key(tmp_path: Path) -> None:
     (tmp_path / "routes" / "bad.yaml").write_text(
         "routes:\n  - {name: x, listener: nope, service: demo, match: {pathprefix: /}}\n"
     )
-    out = subprocess.run(guard_cmd("check", "--config", str(cfg)), capture_output=True,
-                         text=True)
+    out = subprocess.run(guard_cmd("check", "--config", str(cfg)), capture_output=True, text=True)
     assert out.returncode != 0
     assert "bad.yaml: routes[0].listener" in out.stderr
     assert "bad.yaml: routes[0].match: unknown key 'pathprefix'" in out.stderr
 
 
 def test_run_refuses_features_not_built_yet(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path, free_port(), 9000,
-                       extra='  \nusage: {ledger: usage.sqlite}\n')
-    out = subprocess.run(guard_cmd("run", "--config", str(cfg)), capture_output=True,
-                         text=True, timeout=20)
+    cfg = write_config(tmp_path, free_port(), 9000, extra="  \nusage: {ledger: usage.sqlite}\n")
+    out = subprocess.run(
+        guard_cmd("run", "--config", str(cfg)), capture_output=True, text=True, timeout=20
+    )
     assert out.returncode == 2
     assert "usage: not supported yet" in out.stderr
 
@@ -200,7 +204,7 @@ def test_sighup_reloads_routes_and_keeps_old_table_on_error(
     routes = tmp_path / "routes" / "main.yaml"
     routes.write_text(
         f"routes:\n  - {{name: a, listener: web, service: demo, match: {{host: a.localhost}}}}\n"
-        f"services:\n  demo: {{servers: [\"127.0.0.1:{demo_backend}\"]}}\n"
+        f'services:\n  demo: {{servers: ["127.0.0.1:{demo_backend}"]}}\n'
     )
     g = Proc(guard_cmd("run", "--config", str(cfg)))
     try:

@@ -121,12 +121,14 @@ def test_never_crashes_on_mutated_hellos(data: st.DataObject) -> None:
 
 
 def test_table_exact_then_longest_wildcard() -> None:
-    table: SniTable[str] = SniTable([
-        ("*.example.com", "wild"),
-        ("*.eu.example.com", "eu"),
-        ("api.example.com", "api"),
-        ("API.example.com", "dup"),  # first definition wins
-    ])
+    table: SniTable[str] = SniTable(
+        [
+            ("*.example.com", "wild"),
+            ("*.eu.example.com", "eu"),
+            ("api.example.com", "api"),
+            ("API.example.com", "dup"),  # first definition wins
+        ]
+    )
     assert table.lookup("api.example.com") == "api"
     assert table.lookup("x.example.com") == "wild"
     assert table.lookup("a.b.example.com") == "wild"

@@ -67,8 +67,10 @@ def parse_proxy_header(sock: socket.socket) -> str:
         body = recv_exact(sock, length)
         assert ver_cmd == 0x21, ver_cmd
         if fam == 0x11:
-            src, dst = socket.inet_ntop(socket.AF_INET, body[:4]), socket.inet_ntop(
-                socket.AF_INET, body[4:8])
+            src, dst = (
+                socket.inet_ntop(socket.AF_INET, body[:4]),
+                socket.inet_ntop(socket.AF_INET, body[4:8]),
+            )
             sport, dport = struct.unpack("!HH", body[8:12])
             return f"v2 TCP4 {src} {dst} {sport} {dport}"
         return f"v2 fam={fam:#x}"
@@ -116,9 +118,13 @@ def make_cert(tmp: Path, name: str) -> tuple[Path, Path, bytes]:
     safe = name.replace("*", "star")
     cert_path, key_path = tmp / f"{safe}.pem", tmp / f"{safe}.key"
     cert_path.write_bytes(pem)
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     return cert_path, key_path, pem
 
 
@@ -166,15 +172,15 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         client.load_verify_locations(cadata=(pem_a + pem_w).decode())
         e.client_ctx = client
-        names = ["plain", "sni", "send_v1", "send_v2", "accept", "untrusted", "idle", "rr",
-                 "down"]
+        names = ["plain", "sni", "send_v1", "send_v2", "accept", "untrusted", "idle", "rr", "down"]
         e.ports = {n: free_port() for n in names}
         listeners = "\n".join(
             f'  {n}: {{protocol: tcp, address: "127.0.0.1:{p}"'
-            + {"idle": ", idle: 300ms",
-               "accept": ", proxy_protocol: {accept: true, trusted: [127.0.0.0/8]}",
-               "untrusted": ", proxy_protocol: {accept: true, trusted: [10.0.0.0/8]}",
-               }.get(n, "")
+            + {
+                "idle": ", idle: 300ms",
+                "accept": ", proxy_protocol: {accept: true, trusted: [127.0.0.0/8]}",
+                "untrusted": ", proxy_protocol: {accept: true, trusted: [10.0.0.0/8]}",
+            }.get(n, "")
             + "}"
             for n, p in e.ports.items()
         )
@@ -193,11 +199,11 @@ routes:
   - {{name: down, listener: down, service: down}}
 services:
   echo: {{servers: ["127.0.0.1:{echo1_port}"]}}
-  tls_a: {{servers: ["127.0.0.1:{bp['tls_a']}"]}}
-  tls_w: {{servers: ["127.0.0.1:{bp['tls_w']}"]}}
-  pp_v1: {{servers: ["127.0.0.1:{bp['pp']}"], proxy_protocol: {{send: v1}}}}
-  pp_v2: {{servers: ["127.0.0.1:{bp['pp']}"], proxy_protocol: {{send: v2}}}}
-  rr: {{servers: ["127.0.0.1:{bp['one']}", "127.0.0.1:{bp['two']}"], balance: round_robin}}
+  tls_a: {{servers: ["127.0.0.1:{bp["tls_a"]}"]}}
+  tls_w: {{servers: ["127.0.0.1:{bp["tls_w"]}"]}}
+  pp_v1: {{servers: ["127.0.0.1:{bp["pp"]}"], proxy_protocol: {{send: v1}}}}
+  pp_v2: {{servers: ["127.0.0.1:{bp["pp"]}"], proxy_protocol: {{send: v2}}}}
+  rr: {{servers: ["127.0.0.1:{bp["one"]}", "127.0.0.1:{bp["two"]}"], balance: round_robin}}
   down: {{servers: ["127.0.0.1:{free_port()}"]}}
 """
         children.append(start_guard(tmp, guard_yaml, routes_yaml))
@@ -267,8 +273,9 @@ def test_echo_100_mib_with_checksums(env: Env) -> None:
 def test_half_close_keeps_the_return_direction(env: Env) -> None:
     payload = random.Random(1).randbytes(200_000)
     with connect(env.ports["plain"]) as sock:
-        sender = threading.Thread(target=lambda: (sock.sendall(payload),
-                                                  sock.shutdown(socket.SHUT_WR)))
+        sender = threading.Thread(
+            target=lambda: (sock.sendall(payload), sock.shutdown(socket.SHUT_WR))
+        )
         sender.start()
         time.sleep(0.2)  # the client's FIN is through Guard before we read anything
         data = read_to_eof(sock)
@@ -419,11 +426,17 @@ def test_send_proxy_v2(env: Env) -> None:
     assert line == f"v2 TCP4 127.0.0.1 127.0.0.1 {local[1]} {env.ports['send_v2']}\n"
 
 
-@pytest.mark.parametrize("header", [
-    b"PROXY TCP4 203.0.113.7 198.51.100.1 40000 5432\r\n",
-    b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c" + socket.inet_aton("203.0.113.7")
-    + socket.inet_aton("198.51.100.1") + struct.pack("!HH", 40000, 5432),
-], ids=["v1", "v2"])
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"PROXY TCP4 203.0.113.7 198.51.100.1 40000 5432\r\n",
+        b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c"
+        + socket.inet_aton("203.0.113.7")
+        + socket.inet_aton("198.51.100.1")
+        + struct.pack("!HH", 40000, 5432),
+    ],
+    ids=["v1", "v2"],
+)
 def test_accept_proxy_from_trusted_peer(env: Env, header: bytes) -> None:
     # Guard decodes the client's header and re-encodes the decoded addresses as v2.
     with connect(env.ports["accept"]) as sock:
@@ -435,12 +448,16 @@ def test_accept_proxy_from_trusted_peer(env: Env, header: bytes) -> None:
         assert f.read(5) == b"after"
 
 
-@pytest.mark.parametrize("data", [
-    b"PROXY TCP4 203.0.113.7 198.51.100.1 040000 5432\r\n",
-    b"PROXY TCP9 a b c d\r\n",
-    b"hello, no header here\r\n",
-    b"\r\n\r\n\x00\r\nQUIT\n\x31\x11\x00\x0c" + b"\x00" * 12,
-], ids=["leading-zero-port", "bad-family", "missing", "bad-v2-version"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"PROXY TCP4 203.0.113.7 198.51.100.1 040000 5432\r\n",
+        b"PROXY TCP9 a b c d\r\n",
+        b"hello, no header here\r\n",
+        b"\r\n\r\n\x00\r\nQUIT\n\x31\x11\x00\x0c" + b"\x00" * 12,
+    ],
+    ids=["leading-zero-port", "bad-family", "missing", "bad-v2-version"],
+)
 def test_malformed_or_missing_header_from_trusted_peer_is_closed(env: Env, data: bytes) -> None:
     with connect(env.ports["accept"]) as sock:
         sock.sendall(data)
@@ -493,9 +510,9 @@ def test_drain_lets_open_connections_finish(tmp_path: Path) -> None:
     try:
         guard = start_guard(
             tmp_path,
-            f'workers: 1\nroutes: routes\nhttp: {{timeouts: {{drain: 10s}}}}\nlisteners:\n'
+            f"workers: 1\nroutes: routes\nhttp: {{timeouts: {{drain: 10s}}}}\nlisteners:\n"
             f'  t: {{protocol: tcp, address: "127.0.0.1:{port}"}}\n',
-            f'routes:\n  - {{name: t, listener: t, service: e}}\n'
+            f"routes:\n  - {{name: t, listener: t, service: e}}\n"
             f'services:\n  e: {{servers: ["127.0.0.1:{echo_port}"]}}\n',
         )
         with connect(port) as sock:

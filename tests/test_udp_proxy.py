@@ -55,9 +55,9 @@ def ports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
         guard_yaml = f"""workers: 1
 routes: routes
 listeners:
-  echo: {{protocol: udp, address: "127.0.0.1:{p['echo']}"}}
-  expiry: {{protocol: udp, address: "127.0.0.1:{p['expiry']}", udp_idle: 300ms}}
-  bounded: {{protocol: udp, address: "127.0.0.1:{p['bounded']}", max_sessions: 3}}
+  echo: {{protocol: udp, address: "127.0.0.1:{p["echo"]}"}}
+  expiry: {{protocol: udp, address: "127.0.0.1:{p["expiry"]}", udp_idle: 300ms}}
+  bounded: {{protocol: udp, address: "127.0.0.1:{p["bounded"]}", max_sessions: 3}}
 """
         routes_yaml = f"""
 routes:
@@ -100,8 +100,7 @@ def session_port(sock: socket.socket, port: int, payload: bytes = b"x") -> int:
 def test_1000_datagrams_from_50_clients_no_cross_talk(ports: dict[str, int]) -> None:
     clients = [udp_client() for _ in range(50)]
     try:
-        expected = {i: {b"client %d datagram %d" % (i, j) for j in range(20)}
-                    for i in range(50)}
+        expected = {i: {b"client %d datagram %d" % (i, j) for j in range(20)} for i in range(50)}
         got: dict[int, set[bytes]] = {i: set() for i in range(50)}
         by_fd = {c.fileno(): i for i, c in enumerate(clients)}
         for _attempt in range(3):  # UDP may drop; a resend of what is missing is fair

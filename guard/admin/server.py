@@ -39,8 +39,10 @@ def bind_refusal(admin: AdminConfig) -> str | None:
             return None
     except ValueError:
         pass  # a name other than localhost: it may resolve to anything
-    return (f"admin.address: {admin.host}:{admin.port} is not a loopback address; without "
-            "admin.tokens the admin API only listens on loopback (127.0.0.1, ::1, localhost)")
+    return (
+        f"admin.address: {admin.host}:{admin.port} is not a loopback address; without "
+        "admin.tokens the admin API only listens on loopback (127.0.0.1, ::1, localhost)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,9 +62,15 @@ class Answer:
     extra: tuple[tuple[str, str], ...] = ()
 
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-            413: "Content Too Large", 500: "Internal Server Error",
-            503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Content Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
 def _json(status: int, doc: dict[str, str], *extra: tuple[str, str]) -> Answer:

@@ -49,6 +49,7 @@ def _drop_set(base: frozenset[bytes], tokens: tuple[bytes, ...]) -> frozenset[by
         _DROP_SETS[key] = drop
     return drop
 
+
 _REASONS = {
     100: b"Continue",
     200: b"OK",

@@ -48,8 +48,7 @@ def _render(family: Family, samples: dict[tuple[str, ...], float | Hist]) -> Met
         for key, value in sorted(samples.items()):
             assert isinstance(value, Hist)
             if len(value.counts) != len(_LE):
-                raise ValueError(f"{family.name}: {len(value.counts)} buckets, expected "
-                                 f"{len(_LE)}")
+                raise ValueError(f"{family.name}: {len(value.counts)} buckets, expected {len(_LE)}")
             buckets = list(zip(_LE, cumulative(value.counts), strict=True))
             metric.add_metric(list(key), buckets, value.sum)  # type: ignore[arg-type]
         return metric

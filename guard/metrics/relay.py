@@ -92,8 +92,9 @@ class SnapshotHub:
 class SnapshotSender:
     """Worker side: connect, then send ``source()`` every ``interval`` until closed."""
 
-    def __init__(self, path: str, worker_id: int, source: Callable[[], Snapshot],
-                 interval: float = INTERVAL) -> None:
+    def __init__(
+        self, path: str, worker_id: int, source: Callable[[], Snapshot], interval: float = INTERVAL
+    ) -> None:
         self.path = path
         self.worker_id = worker_id
         self.source = source
@@ -116,8 +117,11 @@ class SnapshotSender:
                 await asyncio.sleep(self.interval)
         except OSError as e:
             # Not retried: the hub counts one connection as one process (see above).
-            log.error("metrics: cannot report to the supervisor (%s): this worker's "
-                      "counters are missing from /metrics", e)
+            log.error(
+                "metrics: cannot report to the supervisor (%s): this worker's "
+                "counters are missing from /metrics",
+                e,
+            )
 
     async def close(self, timeout: float = 1.0) -> None:
         """Send a last snapshot (what was counted while draining), then disconnect."""

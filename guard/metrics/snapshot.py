@@ -29,8 +29,9 @@ class Hist:
     def __add__(self, other: Hist) -> Hist:
         if len(self.counts) != len(other.counts):
             raise ValueError("histograms with different buckets cannot be added")
-        return Hist([a + b for a, b in zip(self.counts, other.counts, strict=True)],
-                    self.sum + other.sum)
+        return Hist(
+            [a + b for a, b in zip(self.counts, other.counts, strict=True)], self.sum + other.sum
+        )
 
 
 Value = float | Hist
@@ -52,8 +53,7 @@ def add(snap: Snapshot, family: str, labels: Labels, value: Value) -> None:
     samples = snap.setdefault(family, {})
     old = samples.get(labels)
     if old is None:
-        samples[labels] = Hist(list(value.counts), value.sum) if isinstance(value, Hist) \
-            else value
+        samples[labels] = Hist(list(value.counts), value.sum) if isinstance(value, Hist) else value
     else:
         samples[labels] = old + value  # type: ignore[operator]
 
@@ -72,10 +72,7 @@ def without_gauges(snap: Snapshot) -> Snapshot:
     """What stays true of a process after it is gone: its counters and histograms.
 
     Its gauges (open connections, in-flight requests) ended with it."""
-    return {
-        family: samples for family, samples in snap.items()
-        if FAMILIES[family].kind != "gauge"
-    }
+    return {family: samples for family, samples in snap.items() if FAMILIES[family].kind != "gauge"}
 
 
 def cumulative(counts: Iterable[int]) -> list[int]:
@@ -115,8 +112,11 @@ def decode(data: bytes) -> Frame:
                 if len(labels) != width:
                     raise ValueError(f"{family}: {len(labels)} label values, expected {width}")
                 key = tuple(str(x) for x in labels)
-                samples[key] = Hist([int(c) for c in v["b"]], float(v["s"])) \
-                    if isinstance(v, dict) else float(v)
+                samples[key] = (
+                    Hist([int(c) for c in v["b"]], float(v["s"]))
+                    if isinstance(v, dict)
+                    else float(v)
+                )
         return Frame(int(doc["pid"]), int(doc["worker"]), snap)
     except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as e:
         raise ValueError(f"malformed snapshot: {e}") from e

@@ -588,7 +588,10 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         head_only = req is not None and req.head.method == b"HEAD"
         self._write(
             error_response_bytes(
-                err.status, err.code, err.message, keep_alive=self._keep_alive,
+                err.status,
+                err.code,
+                err.message,
+                keep_alive=self._keep_alive,
                 head_only=head_only,
             )
         )
@@ -678,4 +681,3 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
     def _write(self, data: bytes) -> None:
         if not self._closed:
             self._out(data)
-

@@ -47,8 +47,16 @@ class ProxyHeader:
     """One decoded header. ``family`` is TCP4 | TCP6 | UDP4 | UDP6 | UNIX | UNKNOWN;
     addresses are None unless the family is an inet one and the command is PROXY."""
 
-    __slots__ = ("dst_addr", "dst_port", "family", "length", "local", "src_addr", "src_port",
-                 "version")
+    __slots__ = (
+        "dst_addr",
+        "dst_port",
+        "family",
+        "length",
+        "local",
+        "src_addr",
+        "src_port",
+        "version",
+    )
 
     def __init__(
         self,
@@ -73,8 +81,10 @@ class ProxyHeader:
 
     def __repr__(self) -> str:
         kind = "LOCAL" if self.local else "PROXY"
-        return (f"<ProxyHeader v{self.version} {kind} {self.family} "
-                f"{self.src_addr}:{self.src_port} -> {self.dst_addr}:{self.dst_port}>")
+        return (
+            f"<ProxyHeader v{self.version} {kind} {self.family} "
+            f"{self.src_addr}:{self.src_port} -> {self.dst_addr}:{self.dst_port}>"
+        )
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ProxyHeader):
@@ -87,8 +97,16 @@ class ProxyHeader:
 # ------------------------------------------------------------------------------ encode
 
 
-def _family(src: str, dst: str) -> tuple[int, ipaddress.IPv4Address | ipaddress.IPv6Address,
-                                          ipaddress.IPv4Address | ipaddress.IPv6Address] | None:
+def _family(
+    src: str, dst: str
+) -> (
+    tuple[
+        int,
+        ipaddress.IPv4Address | ipaddress.IPv6Address,
+        ipaddress.IPv4Address | ipaddress.IPv6Address,
+    ]
+    | None
+):
     """4 or 6 when both addresses are of that family (v4-mapped v6 counts as v4)."""
     try:
         a = ipaddress.ip_address(src.split("%", 1)[0])
@@ -110,12 +128,18 @@ def encode_v1(src: tuple[str, int] | None, dst: tuple[str, int] | None) -> bytes
     if fam is None or src is None or dst is None:
         return b"PROXY UNKNOWN\r\n"
     version, a, b = fam
-    return b"PROXY TCP%d %s %s %d %d\r\n" % (version, str(a).encode(), str(b).encode(),
-                                               src[1], dst[1])
+    return b"PROXY TCP%d %s %s %d %d\r\n" % (
+        version,
+        str(a).encode(),
+        str(b).encode(),
+        src[1],
+        dst[1],
+    )
 
 
-def encode_v2(src: tuple[str, int] | None, dst: tuple[str, int] | None, *,
-              local: bool = False) -> bytes:
+def encode_v2(
+    src: tuple[str, int] | None, dst: tuple[str, int] | None, *, local: bool = False
+) -> bytes:
     """Binary header: PROXY over TCP4/TCP6, or UNSPEC (LOCAL when ``local``)."""
     fam = None if local or not src or not dst else _family(src[0], dst[0])
     if fam is None or src is None or dst is None:
@@ -123,8 +147,12 @@ def encode_v2(src: tuple[str, int] | None, dst: tuple[str, int] | None, *,
         return V2_SIGNATURE + bytes((cmd, 0x00)) + b"\x00\x00"
     version, a, b = fam
     body = a.packed + b.packed + struct.pack("!HH", src[1], dst[1])
-    return V2_SIGNATURE + bytes((_V2_PROXY, 0x11 if version == 4 else 0x21)) + struct.pack(
-        "!H", len(body)) + body
+    return (
+        V2_SIGNATURE
+        + bytes((_V2_PROXY, 0x11 if version == 4 else 0x21))
+        + struct.pack("!H", len(body))
+        + body
+    )
 
 
 def encode(version: str, src: tuple[str, int] | None, dst: tuple[str, int] | None) -> bytes:

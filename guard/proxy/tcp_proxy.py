@@ -96,8 +96,12 @@ def build_tcp_routing(listener: str, routes: Iterable[RouteConfig]) -> TcpRoutin
         elif default is None:
             default = target
         else:
-            log.warning("tcp listener %s: route %s ignored, route %s already owns the port",
-                        listener, route.name, default.name)
+            log.warning(
+                "tcp listener %s: route %s ignored, route %s already owns the port",
+                listener,
+                route.name,
+                default.name,
+            )
     return TcpRouting(default, sni)
 
 
@@ -145,8 +149,7 @@ class TcpListenerContext:
         self.idle = idle or 0.0
         # None: PROXY headers are not read on this listener at all.
         self.trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None = (
-            tuple(ipaddress.ip_network(c, strict=False) for c in trusted) if accept_proxy
-            else None
+            tuple(ipaddress.ip_network(c, strict=False) for c in trusted) if accept_proxy else None
         )
         self.stats = L4Stats()
         self.route_stats: dict[str, L4Stats] = {}
@@ -367,8 +370,10 @@ class TcpClientProtocol(asyncio.Protocol):
                 self.local_addr = (header.dst_addr or "", header.dst_port or 0)
         elif self.spoof_check:
             n = len(buf)
-            if n < 12 and not self.client_eof and (
-                bytes(buf) == V1_PREFIX[:n] or bytes(buf) == V2_SIGNATURE[:n]
+            if (
+                n < 12
+                and not self.client_eof
+                and (bytes(buf) == V1_PREFIX[:n] or bytes(buf) == V2_SIGNATURE[:n])
             ):
                 return  # could still become a header: wait for more
             if buf[:6] == V1_PREFIX or buf[:12] == V2_SIGNATURE:

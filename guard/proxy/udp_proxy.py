@@ -162,8 +162,18 @@ class UdpListenerProtocol(asyncio.DatagramProtocol):
 class UdpSession(asyncio.DatagramProtocol):
     """One client address bound to one backend, with its own connected upstream socket."""
 
-    __slots__ = ("addr", "backend", "closed", "ctx", "deadline", "idle", "pending", "stats",
-                 "task", "transport")
+    __slots__ = (
+        "addr",
+        "backend",
+        "closed",
+        "ctx",
+        "deadline",
+        "idle",
+        "pending",
+        "stats",
+        "task",
+        "transport",
+    )
 
     def __init__(self, ctx: UdpListenerContext, addr: Address, backend: Backend) -> None:
         self.ctx = ctx

@@ -50,10 +50,14 @@ class Supervisor:
         await self.hub.start()
         if self.config.admin is not None:
             page = MetricsPage(self.hub.snapshot)
-            self.admin = AdminServer(self.config.admin, AdminPages(
-                metrics=page.render, metrics_type=page.content_type,
-                draining=lambda: self.stopping,
-            ))
+            self.admin = AdminServer(
+                self.config.admin,
+                AdminPages(
+                    metrics=page.render,
+                    metrics_type=page.content_type,
+                    draining=lambda: self.stopping,
+                ),
+            )
             await self.admin.start()
 
     def _stop_metrics(self) -> None:
@@ -98,8 +102,13 @@ class Supervisor:
             first = False
             backoff = 0.1 if lived > _MAX_BACKOFF else min(backoff * 2, _MAX_BACKOFF)
             self.restarts += 1
-            log.warning("worker %d exited (%s) after %.1fs; restarting in %.1fs",
-                        worker_id, rc, lived, backoff)
+            log.warning(
+                "worker %d exited (%s) after %.1fs; restarting in %.1fs",
+                worker_id,
+                rc,
+                lived,
+                backoff,
+            )
             await asyncio.sleep(backoff)
 
     def _signal_all(self, sig: int) -> None:
@@ -125,9 +134,7 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: self._signal_all(signal.SIGHUP))
-        keepers = [
-            asyncio.create_task(self._keep(i, stop)) for i in range(self.config.workers)
-        ]
+        keepers = [asyncio.create_task(self._keep(i, stop)) for i in range(self.config.workers)]
         print(f"guard: supervising {self.config.workers} workers", file=sys.stderr, flush=True)
         await stop.wait()
         self.stopping = True

@@ -54,7 +54,8 @@ def unsupported(config: GuardConfig) -> list[NotSupportedYet]:
                 found.append(NotSupportedYet(file, f"routes.{route.name}.{key}"))
     # Services reached through http listeners: their keep-alive pools send no PROXY header.
     http_services = {
-        r.service for r in config.routes.routes
+        r.service
+        for r in config.routes.routes
         if (lc := config.listeners.get(r.listener)) is not None and lc.protocol not in ("tcp",)
     }
     for svc in config.routes.services.values():

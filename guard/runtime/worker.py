@@ -13,11 +13,12 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from guard.admin.server import AdminPages, AdminServer
 from guard.config import load_config, load_routes
-from guard.config.model import GuardConfig, RouteConfig, RoutesConfig
+from guard.config.model import GuardConfig, ListenerConfig, RouteConfig, RoutesConfig
 from guard.errors import ConfigErrors
 from guard.http.forwarding import TrustedProxies
 from guard.metrics.collector import MetricsPage
@@ -87,7 +88,10 @@ class Worker:
     def _build(self, routes: RoutesConfig) -> tuple[dict[str, Service], dict[str, HttpRouteTable]]:
         services = {
             name: Service(
-                cfg, self.upstream_settings, loop=self.loop, resolver=self.resolver,
+                cfg,
+                self.upstream_settings,
+                loop=self.loop,
+                resolver=self.resolver,
                 sweeper=self.sweeper,
             )
             for name, cfg in routes.services.items()
@@ -115,8 +119,9 @@ class Worker:
                 tcp[name] = build_tcp_routing(name, mine)
             elif lc.protocol == "udp":
                 if len(mine) > 1:
-                    log.warning("udp listener %s: %d routes, only %s is used", name,
-                                len(mine), mine[0].name)
+                    log.warning(
+                        "udp listener %s: %d routes, only %s is used", name, len(mine), mine[0].name
+                    )
                 udp[name] = mine[0] if mine else None
         return tcp, udp
 
@@ -143,17 +148,22 @@ class Worker:
                 services=services,
             )
             self.contexts[name] = ctx
-            server = await self.loop.create_server(
-                lambda ctx=ctx: HttpProxyProtocol(ctx),
-                lc.host,
-                lc.port,
-                reuse_address=True,
-                reuse_port=self.reuse_port,
-                backlog=4096,
+            await self._listen(lambda ctx=ctx: HttpProxyProtocol(ctx), lc)
+            log.info(
+                "worker %d: listener %s (%s) on %s", self.worker_id, name, lc.protocol, lc.address
             )
-            self.servers.append(server)
-            log.info("worker %d: listener %s (%s) on %s", self.worker_id, name, lc.protocol,
-                     lc.address)
+
+    async def _listen(self, factory: Callable[[], asyncio.Protocol], lc: ListenerConfig) -> None:
+        """A stream listener; SO_REUSEPORT when several workers share the address."""
+        server = await self.loop.create_server(
+            factory,
+            lc.host,
+            lc.port,
+            reuse_address=True,
+            reuse_port=self.reuse_port,
+            backlog=4096,
+        )
+        self.servers.append(server)
 
     async def _start_l4(self, services: dict[str, Service]) -> None:
         tcp_routing, udp_routes = self._build_l4(self.config.routes)
@@ -162,25 +172,29 @@ class Worker:
             if lc.protocol == "tcp":
                 pp = lc.proxy_protocol
                 tctx = TcpListenerContext(
-                    name, tcp_routing[name], services, loop=self.loop, sweeper=self.sweeper,
-                    resolver=self.resolver, connect_timeout=connect, idle=lc.idle,
+                    name,
+                    tcp_routing[name],
+                    services,
+                    loop=self.loop,
+                    sweeper=self.sweeper,
+                    resolver=self.resolver,
+                    connect_timeout=connect,
+                    idle=lc.idle,
                     accept_proxy=pp is not None and pp.accept,
                     trusted=pp.trusted if pp is not None else (),
                 )
                 self.tcp_contexts[name] = tctx
-                server = await self.loop.create_server(
-                    lambda tctx=tctx: TcpClientProtocol(tctx),
-                    lc.host,
-                    lc.port,
-                    reuse_address=True,
-                    reuse_port=self.reuse_port,
-                    backlog=4096,
-                )
-                self.servers.append(server)
+                await self._listen(lambda tctx=tctx: TcpClientProtocol(tctx), lc)
             elif lc.protocol == "udp":
                 uctx = UdpListenerContext(
-                    name, udp_routes[name], services, loop=self.loop, sweeper=self.sweeper,
-                    resolver=self.resolver, idle=lc.udp_idle, max_sessions=lc.max_sessions,
+                    name,
+                    udp_routes[name],
+                    services,
+                    loop=self.loop,
+                    sweeper=self.sweeper,
+                    resolver=self.resolver,
+                    idle=lc.udp_idle,
+                    max_sessions=lc.max_sessions,
                 )
                 self.udp_contexts[name] = uctx
                 sock = udp_socket(lc.host, lc.port, reuse_port=self.reuse_port)
@@ -189,8 +203,9 @@ class Worker:
                 )
             else:
                 continue
-            log.info("worker %d: listener %s (%s) on %s", self.worker_id, name, lc.protocol,
-                     lc.address)
+            log.info(
+                "worker %d: listener %s (%s) on %s", self.worker_id, name, lc.protocol, lc.address
+            )
 
     def reload_routes(self) -> bool:
         """Rebuild route tables and services from the route files; keep the old on error."""
@@ -220,8 +235,9 @@ class Worker:
         for svc in old.values():
             svc.close()
         self.metrics.reloads["success"] += 1
-        log.info("routes reloaded: %d routes, %d services", len(routes.routes),
-                 len(routes.services))
+        log.info(
+            "routes reloaded: %d routes, %d services", len(routes.routes), len(routes.services)
+        )
         return True
 
     # ------------------------------------------------------------------ stopping
@@ -260,8 +276,7 @@ class Worker:
         while any(t.connections for t in self.tcp_contexts.values()):
             if self.loop.time() >= deadline:
                 left = sum(len(t.connections) for t in self.tcp_contexts.values())
-                log.warning("drain grace expired with %d tcp connections open; closing them",
-                            left)
+                log.warning("drain grace expired with %d tcp connections open; closing them", left)
                 for tctx in self.tcp_contexts.values():
                     for conn in list(tctx.connections):
                         conn.abort()
@@ -289,10 +304,14 @@ async def serve(
         sender = SnapshotSender(metrics_socket, worker_id, worker.metrics.snapshot)
     elif config.admin is not None:
         page = MetricsPage(worker.metrics.snapshot)
-        admin = AdminServer(config.admin, AdminPages(
-            metrics=page.render, metrics_type=page.content_type,
-            draining=lambda: worker.draining,
-        ))
+        admin = AdminServer(
+            config.admin,
+            AdminPages(
+                metrics=page.render,
+                metrics_type=page.content_type,
+                draining=lambda: worker.draining,
+            ),
+        )
         await admin.start()  # before the listeners: a taken admin port stops us cleanly
     await worker.start()
     if sender is not None:
@@ -340,8 +359,14 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     config = load_config(args.config)
     try:
-        return run(serve(config, reuse_port=True, worker_id=args.worker_id,
-                         metrics_socket=os.environ.get(METRICS_SOCKET_ENV)))
+        return run(
+            serve(
+                config,
+                reuse_port=True,
+                worker_id=args.worker_id,
+                metrics_socket=os.environ.get(METRICS_SOCKET_ENV),
+            )
+        )
     except OSError as e:
         print(f"guard worker {args.worker_id}: cannot listen: {e}", file=sys.stderr)
         return 1

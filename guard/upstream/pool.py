@@ -180,8 +180,16 @@ ConnectCallback = Callable[[UpstreamConnection | None, GuardError | None], None]
 class UpstreamPool:
     """Idle keep-alive connections to one backend, plus how to make new ones."""
 
-    __slots__ = ("_idle", "_loop", "_resolver", "_sweeper", "backend", "connects", "reuses",
-                 "settings")
+    __slots__ = (
+        "_idle",
+        "_loop",
+        "_resolver",
+        "_sweeper",
+        "backend",
+        "connects",
+        "reuses",
+        "settings",
+    )
 
     def __init__(
         self,
@@ -246,8 +254,9 @@ class UpstreamPool:
                 addresses = await self._resolver.resolve(backend.host)
             address = self._resolver.pick_address(addresses)
             _, conn = await asyncio.wait_for(
-                self._loop.create_connection(lambda: UpstreamConnection(self), address,
-                                             backend.port),
+                self._loop.create_connection(
+                    lambda: UpstreamConnection(self), address, backend.port
+                ),
                 self.settings.connect_timeout,
             )
         except TimeoutError:

@@ -34,8 +34,9 @@ class Service:
             for b in backends
         }
 
-    def pick(self, headers: list[tuple[bytes, bytes]], client_ip: str, path: bytes
-             ) -> UpstreamPool | None:
+    def pick(
+        self, headers: list[tuple[bytes, bytes]], client_ip: str, path: bytes
+    ) -> UpstreamPool | None:
         backend = self.balancer.pick(headers, client_ip, path)
         return None if backend is None else self._pools[backend]
 
