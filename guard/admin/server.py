@@ -14,7 +14,8 @@ import asyncio
 import ipaddress
 import json
 import logging
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import httptools
@@ -52,6 +53,9 @@ class AdminPages:
     metrics: Callable[[], bytes]
     metrics_type: str
     draining: Callable[[], bool]
+    # When set, /metrics is rendered through this instead (off the event loop), so a
+    # large page does not stall the traffic the same loop carries.
+    metrics_async: Callable[[], Awaitable[bytes]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +121,8 @@ class AdminProtocol(asyncio.Protocol):
         self.url = b""
         self.size = 0  # bytes of the request being read
         self.idle: asyncio.TimerHandle | None = None
+        # Responses in request order; a Task stands for one still being rendered.
+        self.out: deque[tuple[bytes | asyncio.Task[bytes], bool]] = deque()
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -157,15 +163,48 @@ class AdminProtocol(asyncio.Protocol):
         self.size = 0
         method = self.parser.get_method().decode("latin-1")
         path = httptools.parse_url(self.url).path.decode("latin-1") if self.url else ""
+        keep_alive = self.parser.should_keep_alive()
+        head_only = method == "HEAD"
+        render = self.pages.metrics_async
+        if render is not None and path == "/metrics" and method in ("GET", "HEAD"):
+            task = asyncio.get_running_loop().create_task(
+                self._metrics(render, head_only, keep_alive)
+            )
+            task.add_done_callback(lambda _: self._write_ready())
+            self.out.append((task, keep_alive))
+            return
         try:
             a = answer(self.pages, method, path)
         except Exception:
             log.exception("admin: %s %s failed", method, path)
             a = _error(500, "internal_error", "the admin server failed to answer")
-        keep_alive = self.parser.should_keep_alive()
-        self.transport.write(_response(a, head_only=method == "HEAD", keep_alive=keep_alive))
-        if not keep_alive:
-            self.transport.close()
+        self.out.append((_response(a, head_only=head_only, keep_alive=keep_alive), keep_alive))
+        self._write_ready()
+
+    async def _metrics(
+        self, render: Callable[[], Awaitable[bytes]], head_only: bool, keep_alive: bool
+    ) -> bytes:
+        try:
+            a = Answer(200, await render(), self.pages.metrics_type)
+        except Exception:
+            log.exception("admin: rendering /metrics failed")
+            a = _error(500, "internal_error", "the admin server failed to answer")
+        return _response(a, head_only=head_only, keep_alive=keep_alive)
+
+    def _write_ready(self) -> None:
+        """Write the finished responses at the head of the queue, in request order."""
+        out = self.out
+        while out and self.transport is not None:
+            item, keep_alive = out[0]
+            if isinstance(item, asyncio.Task):
+                if not item.done():
+                    return
+                item = item.result()
+            out.popleft()
+            self.transport.write(item)
+            if not keep_alive:
+                self.transport.close()
+                self.transport = None
 
     # -- helpers
     def _fail(self, a: Answer) -> None:

@@ -7,6 +7,7 @@ latest snapshots. prometheus-client is only touched here, per scrape.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -66,8 +67,17 @@ class MetricsPage:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self, source: Callable[[], Snapshot]) -> None:
+        self._source = source
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(SnapshotCollector(source))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    async def render_async(self) -> bytes:
+        """Take the snapshot here, on the loop that owns the live objects, and leave the
+        text rendering (~0.4 ms per route in prometheus-client) to a thread."""
+        snap = self._source()
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(SnapshotCollector(lambda: snap))
+        return await asyncio.get_running_loop().run_in_executor(None, generate_latest, registry)

@@ -55,6 +55,7 @@ class Supervisor:
                 AdminPages(
                     metrics=page.render,
                     metrics_type=page.content_type,
+                    metrics_async=page.render_async,
                     draining=lambda: self.stopping,
                 ),
             )

@@ -309,6 +309,7 @@ async def serve(
             AdminPages(
                 metrics=page.render,
                 metrics_type=page.content_type,
+                metrics_async=page.render_async,
                 draining=lambda: worker.draining,
             ),
         )
