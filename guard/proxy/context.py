@@ -15,7 +15,6 @@ from guard.proxy.deadlines import DeadlineSweeper
 
 if TYPE_CHECKING:
     from guard.routing.table import HttpRouteTable
-    from guard.upstream.service import Service
 
 
 # Request duration buckets (seconds): fine below a millisecond, where proxy overhead lives.
@@ -156,8 +155,6 @@ class ListenerContext:
     stats: dict[str, RouteStats] = field(default_factory=dict)
     connections: set[object] = field(default_factory=set)
     draining: bool = False
-    # Routing results keep no reference to services beyond this mapping's lifetime.
-    services: dict[str, Service] = field(default_factory=dict)
 
     # Flattened from ``http`` once, so the per-request path reads one attribute, not three.
     max_body: int = field(init=False)

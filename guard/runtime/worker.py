@@ -145,7 +145,6 @@ class Worker:
                 trusted=trusted,
                 via=via,
                 access_log=self.access_log,
-                services=services,
             )
             self.contexts[name] = ctx
             await self._listen(lambda ctx=ctx: HttpProxyProtocol(ctx), lc)
@@ -221,7 +220,6 @@ class Worker:
         services, tables = self._build(routes)
         for name, ctx in self.contexts.items():
             ctx.table = tables[name]  # one reference swap: in-flight requests keep theirs
-            ctx.services = services
         # Open tcp connections and udp sessions keep the backend they were given.
         tcp_routing, udp_routes = self._build_l4(routes)
         for name, tctx in self.tcp_contexts.items():
