@@ -301,15 +301,22 @@ def _worker_pids(supervisor: int) -> list[int]:
 
 
 def test_one_scrape_sums_all_workers(tmp_path: Path, demos: list[Demo]) -> None:
-    n = 40
     route = {"listener": "web", "route": "app", "service": "app"}
     with run_guard(tmp_path, demos[0], workers=2) as g:
         wait_for(lambda: len(_worker_pids(g.proc.pid)) == 2, 10, "two workers")
-        for _ in range(n):  # one connection each, so SO_REUSEPORT spreads them
-            with Conn(g.port) as c:
-                get_bytes(c)
-        s = wait_value(g.admin, "guard_requests_total", n, **route)
-        per_worker = {lab["worker"]: v for lab, v in s.samples("guard_worker_requests_total")}
+        # One connection per request, so SO_REUSEPORT spreads them; a worker may still be
+        # binding when the first ones arrive, so send in rounds until both served some.
+        n = 0
+        per_worker: dict[str, float] = {}
+        for _ in range(25):
+            for _ in range(40):
+                with Conn(g.port) as c:
+                    get_bytes(c)
+            n += 40
+            s = wait_value(g.admin, "guard_requests_total", n, **route)
+            per_worker = {lab["worker"]: v for lab, v in s.samples("guard_worker_requests_total")}
+            if set(per_worker) == {"0", "1"} and all(per_worker.values()):
+                break
         assert set(per_worker) == {"0", "1"} and all(per_worker.values()), per_worker
         assert sum(per_worker.values()) == n
         assert s.value("guard_response_bytes_total", **route) == n * SIZE
