@@ -13,6 +13,7 @@ import os
 import select
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -535,3 +536,15 @@ def run_demo(log_dir: Path) -> Iterator[Demo]:
         stop_process(proc)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def client_hello(server_name: str | None) -> bytes:
+    """A real ClientHello from the ssl module (one TLS record)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=server_name)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        obj.do_handshake()
+    return outgoing.read()

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import ssl
-
 import pytest
+from helpers import client_hello
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,18 +16,6 @@ from guard.routing.sni import (
     SniTable,
     parse_sni,
 )
-
-
-def client_hello(server_name: str | None) -> bytes:
-    """A real ClientHello from the ssl module (one TLS record)."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=server_name)
-    with contextlib.suppress(ssl.SSLWantReadError):
-        obj.do_handshake()
-    return outgoing.read()
 
 
 def rerecord(hello: bytes, size: int) -> bytes:

@@ -22,6 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from helpers import client_hello
 from l4_procs import free_port, start_demo, start_guard
 
 MiB = 1024 * 1024
@@ -373,17 +374,6 @@ def test_sni_exact_and_wildcard(env: Env) -> None:
 
 def test_sni_client_hello_split_across_reads(env: Env) -> None:
     assert tls_roundtrip(env, "a.test", split=True) == b"A:hello"
-
-
-def client_hello(server_name: str | None) -> bytes:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=server_name)
-    with contextlib.suppress(ssl.SSLWantReadError):
-        obj.do_handshake()
-    return outgoing.read()
 
 
 @pytest.mark.parametrize("name", ["nope.test", "wild.test", None])

@@ -40,15 +40,14 @@ class Balancer(ABC):
         """The current membership, available or not."""
 
 
-class _Rotating(Balancer):
-    """Backends in a fixed order with a moving start position."""
+class _Listed(Balancer):
+    """Backends held as a tuple and its length (read on every pick)."""
 
-    __slots__ = ("_backends", "_n", "_next")
+    __slots__ = ("_backends", "_n")
 
     def __init__(self, backends: Sequence[Backend] = ()) -> None:
         self._backends: tuple[Backend, ...] = ()
         self._n = 0
-        self._next = 0
         self.set_backends(backends)
 
     @property
@@ -58,6 +57,19 @@ class _Rotating(Balancer):
     def set_backends(self, backends: Sequence[Backend]) -> None:
         self._backends = tuple(backends)
         self._n = len(self._backends)
+
+
+class _Rotating(_Listed):
+    """Backends in a fixed order with a moving start position."""
+
+    __slots__ = ("_next",)
+
+    def __init__(self, backends: Sequence[Backend] = ()) -> None:
+        self._next = 0
+        super().__init__(backends)
+
+    def set_backends(self, backends: Sequence[Backend]) -> None:
+        super().set_backends(backends)
         # Keep the position rather than restarting at 0, so frequent membership updates
         # do not keep sending the next request to the first backend.
         self._next = self._next % self._n if self._n else 0
@@ -122,7 +134,7 @@ class LeastRequest(_Rotating):
         return best
 
 
-class PowerOfTwoChoices(Balancer):
+class PowerOfTwoChoices(_Listed):
     """Two distinct random backends, the one with fewer requests in flight.
 
     Nearly as good as least_request at O(1) per pick, and, unlike it, does not herd every
@@ -130,22 +142,12 @@ class PowerOfTwoChoices(Balancer):
     in_flight counts).
     """
 
-    __slots__ = ("_backends", "_n", "_random")
+    __slots__ = ("_random",)
 
     def __init__(self, backends: Sequence[Backend] = (), rng: random.Random | None = None) -> None:
         # Bound method cached: int(random() * n) is several times cheaper than randrange.
         self._random: Callable[[], float] = (rng or random.Random()).random
-        self._backends: tuple[Backend, ...] = ()
-        self._n = 0
-        self.set_backends(backends)
-
-    @property
-    def backends(self) -> tuple[Backend, ...]:
-        return self._backends
-
-    def set_backends(self, backends: Sequence[Backend]) -> None:
-        self._backends = tuple(backends)
-        self._n = len(self._backends)
+        super().__init__(backends)
 
     def pick(self, headers: Headers, client_ip: str, path: bytes) -> Backend | None:
         n = self._n
