@@ -1,4 +1,4 @@
-"""``guard`` command line: run, check."""
+"""``guard`` command line: run, check, usage."""
 
 from __future__ import annotations
 
@@ -84,6 +84,56 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
 
 
+def cmd_usage(args: argparse.Namespace) -> int:
+    import time
+
+    from guard.usage import LedgerError, Report, UsageLedger, load_rate_card, parse_when
+
+    now = time.time()
+    window: dict[str, float | None] = {}
+    for flag in ("since", "until"):
+        text = getattr(args, flag)
+        try:
+            window[flag] = None if text is None else parse_when(text, now)
+        except ValueError as e:
+            print(f"guard: --{flag}: {e}", file=sys.stderr)
+            return 2
+    try:
+        config = _load(args.config)
+        card = load_rate_card(args.price) if args.price else None
+    except ConfigErrors as e:
+        for err in e.errors:
+            print(err, file=sys.stderr)
+        return 2
+    if config.usage is None:
+        print(
+            f"{config.path}: usage: not configured; add `usage: {{ledger: PATH}}` so guard run"
+            " records usage there",
+            file=sys.stderr,
+        )
+        return 2
+    path = config.usage.ledger
+    if not path.exists():
+        print(f"guard: {path}: no usage ledger yet (guard run creates it)", file=sys.stderr)
+        return 1
+    ledger = UsageLedger(path)
+    try:
+        ledger.open()
+        rows = ledger.query(window["since"], window["until"], args.by, tenant=args.tenant)
+    except LedgerError as e:
+        print(f"guard: {e}", file=sys.stderr)
+        return 1
+    finally:
+        ledger.close()
+    report = Report(rows, args.by, window["since"], window["until"], card)
+    sys.stdout.write(report.render(args.format))
+    if args.format != "table":
+        # The table prints these under itself; json and csv keep stdout machine-readable.
+        for line in report.card_lines() + [f"note: {n}" for n in report.notes()]:
+            print(line, file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="guard",
@@ -100,6 +150,27 @@ def build_parser() -> argparse.ArgumentParser:
     check_p = sub.add_parser("check", help="validate guard.yaml and every route file")
     check_p.add_argument("--config", "-c", type=Path, default=Path("configs/guard.yaml"))
     check_p.set_defaults(func=cmd_check)
+
+    usage_p = sub.add_parser(
+        "usage",
+        help="print recorded usage, optionally priced with a rate card",
+        description="Usage from the ledger at usage.ledger in guard.yaml. Slices straddling"
+        " --since or --until count in proportion to their part inside the window.",
+    )
+    usage_p.add_argument("--config", "-c", type=Path, default=Path("configs/guard.yaml"))
+    usage_p.add_argument(
+        "--since", help="ISO date or datetime (UTC unless zoned), or a span ago: 24h, 7d"
+    )
+    usage_p.add_argument("--until", help="same forms as --since; default: now")
+    usage_p.add_argument("--by", choices=("tenant", "service", "instance"), default="service")
+    usage_p.add_argument("--tenant", help="only this tenant's usage")
+    usage_p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    usage_p.add_argument(
+        "--price",
+        metavar="rivet|cloudflare|fly|FILE.yaml",
+        help="add cost columns from a built-in rate card or a rate card file",
+    )
+    usage_p.set_defaults(func=cmd_usage)
     return parser
 
 
