@@ -76,6 +76,49 @@ class UpstreamTimeout(GuardError):
     code = "upstream_timeout"
 
 
+# -- waking container services (the activator)
+
+
+class InvalidKey(GuardError):
+    """A per-key service got no key, or one it cannot name an instance by."""
+
+    status = 400
+    code = "invalid_key"
+
+
+class QueueFull(GuardError):
+    """More requests are held for a wake than the service's ``scale.queue`` allows."""
+
+    status = 503
+    code = "queue_full"
+
+
+class InstanceStartFailed(GuardError):
+    """An instance could not be started or exited before it was ready; says why."""
+
+    status = 503
+    code = "instance_start_failed"
+
+
+class InstanceLimit(GuardError):
+    """A per-key service already runs ``scale.max`` instances; no room for a new key."""
+
+    status = 503
+    code = "instance_limit"
+
+
+class WakeTimeout(GuardError):
+    """No instance became ready within the service's ``scale.wake_timeout``."""
+
+    status = 504
+    code = "wake_timeout"
+
+
+WAKE_ERRORS: dict[str, type[GuardError]] = {
+    cls.code: cls for cls in (InstanceStartFailed, InstanceLimit, WakeTimeout, QueueFull)
+}
+
+
 class ConfigError(Exception):
     """A configuration problem, reported as ``file: key.path: what is wrong``."""
 

@@ -79,11 +79,13 @@ def run_guard(
     routes: list[dict[str, Any]],
     services: dict[str, dict[str, Any]],
     http: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Iterator[GuardProc]:
     """Write guard.yaml + routes/, start ``python -m guard run``, wait for the port.
 
     The files are JSON, which is YAML. ``http`` is merged over the defaults used here
-    (a short drain so teardown is quick)."""
+    (a short drain so teardown is quick); ``extra`` over the whole guard.yaml (more
+    listeners, drivers, usage)."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "routes").mkdir(exist_ok=True)
     port = free_port()
@@ -94,6 +96,7 @@ def run_guard(
         "listeners": {"web": {"protocol": "http", "address": f"127.0.0.1:{port}"}},
         "http": http_cfg,
     }
+    cfg = _merge(cfg, extra or {})
     (directory / "guard.yaml").write_text(json.dumps(cfg, indent=1))
     routes = [{"listener": "web", **r} for r in routes]
     (directory / "routes" / "routes.yaml").write_text(
@@ -144,6 +147,7 @@ def guard(tmp_path: Path, parser: str) -> Iterator[GuardFactory]:
         services: dict[str, dict[str, Any]] | None = None,
         http: dict[str, Any] | None = None,
         servers: list[str] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> GuardProc:
         if routes is None:
             routes = [{"name": "app", "match": {"path_prefix": "/"}, "service": "app"}]
@@ -152,7 +156,7 @@ def guard(tmp_path: Path, parser: str) -> Iterator[GuardFactory]:
             services = {"app": {"servers": servers}}
         n[0] += 1
         return stack.enter_context(
-            run_guard(tmp_path / f"guard{n[0]}", parser, routes, services, http)
+            run_guard(tmp_path / f"guard{n[0]}", parser, routes, services, http, extra)
         )
 
     with stack:

@@ -159,12 +159,12 @@ def test_check_reports_file_and_key(tmp_path: Path) -> None:
 
 
 def test_run_refuses_features_not_built_yet(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path, free_port(), 9000, extra="  \nusage: {ledger: usage.sqlite}\n")
+    cfg = write_config(tmp_path, free_port(), 9000, extra="  \ntenants: {a: {max_containers: 2}}\n")
     out = subprocess.run(
         guard_cmd("run", "--config", str(cfg)), capture_output=True, text=True, timeout=20
     )
     assert out.returncode == 2
-    assert "usage: not supported yet" in out.stderr
+    assert "tenants: not supported yet" in out.stderr
 
 
 # ------------------------------------------------------------------- signals & workers

@@ -165,6 +165,68 @@ FAMILIES: dict[str, Family] = {
             "Requests or tcp/udp relays using the backend now.",
             ("service", "backend"),
         ),
+        # -- container services (the control plane; queue rejections from the workers)
+        Family(
+            "guard_instances",
+            "gauge",
+            "Instances of a container service by state.",
+            ("service", "state"),
+        ),
+        Family(
+            "guard_instance_start_duration_seconds",
+            "histogram",
+            "Instance starts, from the decision to ready (or to failure), by outcome.",
+            ("service", "outcome"),
+        ),
+        Family(
+            "guard_instance_start_phase_seconds",
+            "histogram",
+            "Successful starts decomposed: create and start (driver calls), probe"
+            " (process up to ready).",
+            ("service", "phase"),
+        ),
+        Family(
+            "guard_instance_stops_total",
+            "counter",
+            "Instances stopped, by reason (idle, scale down, shutdown, config changed, exited).",
+            ("service", "reason"),
+        ),
+        Family(
+            "guard_wake_queue_depth",
+            "gauge",
+            "Requests, connections and datagram sessions held waiting for an instance.",
+            ("service",),
+        ),
+        Family(
+            "guard_wake_queue_rejected_total",
+            "counter",
+            "Work refused because the service's wake queue was full (503 queue_full).",
+            ("service",),
+        ),
+        Family(
+            "guard_service_in_flight",
+            "gauge",
+            "Requests and tcp/udp relays open on a container service's instances.",
+            ("service",),
+        ),
+        Family(
+            "guard_autoscaler_desired_instances",
+            "gauge",
+            "The autoscaler's last decision.",
+            ("service",),
+        ),
+        Family(
+            "guard_autoscaler_panic",
+            "gauge",
+            "1 while the autoscaler is in panic mode (no scale-down).",
+            ("service",),
+        ),
+        Family(
+            "guard_autoscaler_stable_concurrency",
+            "gauge",
+            "Average concurrency over the stable window, as the autoscaler saw it.",
+            ("service",),
+        ),
         # -- process
         Family(
             "guard_config_reloads_total",
@@ -190,10 +252,12 @@ TCP_ERROR_REASONS = {
     "not_tls": "not_tls",
     "unknown_sni": "unknown_sni",
     "proxy_rejected": "proxy_rejected",
+    "wake_failed": "wake_failed",
 }
 UDP_ERROR_REASONS = {
     "connect_failed": "connect_failed",
     "no_route": "no_route",
     "no_backend": "no_backend",
+    "wake_failed": "wake_failed",
 }
 UDP_END_REASONS = {"sessions_expired": "idle", "sessions_evicted": "evicted"}

@@ -49,6 +49,10 @@ class WorkerMetrics:
         self._tcp(snap)
         self._udp(snap)
         self._upstreams(snap)
+        for svc in list(self.worker.services.values()):
+            rejected = getattr(svc, "rejected", None)
+            if rejected is not None:
+                add(snap, "guard_wake_queue_rejected_total", (svc.name,), rejected)
         for result, n in self.reloads.items():
             add(snap, "guard_config_reloads_total", (result,), n)
         return snap

@@ -24,6 +24,7 @@ from guard.errors import (
     RouteNotFound,
     UpstreamProtocolError,
     UpstreamTimeout,
+    WakeTimeout,
 )
 from guard.http.codec import RequestHead, ResponseHead, make_request_parser
 from guard.http.forwarding import (
@@ -36,6 +37,7 @@ from guard.http.forwarding import (
 from guard.proxy.context import ListenerContext, RouteStats
 from guard.proxy.deadlines import NEVER
 from guard.proxy.writes import CORK, BufferedWriter
+from guard.upstream.container_service import ContainerService, Hold
 from guard.upstream.pool import UpstreamConnection, UpstreamPool
 
 # Read-pause reasons: reading resumes only when none is left.
@@ -50,7 +52,7 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 # Deadline kinds
-_T_HEADER, _T_IDLE, _T_RESPONSE = 1, 2, 3
+_T_HEADER, _T_IDLE, _T_RESPONSE, _T_WAKE = 1, 2, 3, 4
 
 
 class _Request:
@@ -70,10 +72,13 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         "_body_bytes",
         "_client_ip",
         "_closed",
+        "_cold_ms",
+        "_container",
         "_ctx",
         "_deadline_kind",
         "_error_after_active",
         "_forwarder",
+        "_hold",
         "_keep_alive",
         "_out_chunked",
         "_parser",
@@ -123,6 +128,8 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         self._pool: UpstreamPool | None = None
         self._error_after_active: GuardError | None = None
         self._requests_served = 0
+        self._hold: Hold | None = None
+        self._container: ContainerService | None = None
         self._reset_exchange()
         self.deadline = NEVER
         self._deadline_kind = 0
@@ -142,6 +149,7 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         self._stats: RouteStats | None = None
         self._t_start = 0.0
         self._t_upstream = 0.0
+        self._cold_ms = -1
         self.bytes_in = 0
         self.bytes_out = 0
 
@@ -171,6 +179,7 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         ctx = self._ctx
         ctx.connections.discard(self)
         ctx.sweeper.discard(self)
+        self._cancel_hold()
         if self._active is not None:
             self._abort_upstream()
             self._finish_stats(499 if not self._response_started else 0, "client_closed")
@@ -196,6 +205,14 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         # A client half-close ends the connection after the active response (if any).
         if self._active is None:
             return False
+        if self._hold is not None:
+            # Still waiting for a wake: a client that gave up leaves the queue now rather
+            # than taking a place (and an instance) nobody will read from. HAProxy does the
+            # same for queued requests with "option abortonclose".
+            self._finish_stats(499, "client_closed")
+            self._active = None
+            self._pending.clear()
+            return False
         self._keep_alive = False
         self._pending.clear()
         return True
@@ -215,6 +232,11 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         self._deadline_kind = 0
         if kind == _T_RESPONSE:
             self._fail_exchange(UpstreamTimeout("upstream did not answer in time"))
+        elif kind == _T_WAKE:
+            container = self._container
+            self._cancel_hold()
+            timeout = container.wake_timeout if container is not None else 0.0
+            self._fail_exchange(WakeTimeout(f"no instance ready within {timeout:g}s"))
         elif kind == _T_HEADER and (self._parsing is not None or self._active is not None):
             self._respond_error_and_close(RequestTimeout("request header not received in time"))
         else:
@@ -285,7 +307,8 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
             return
         req.complete = True
         if req is self._active:
-            self._set_deadline(_T_RESPONSE, self._ctx.response_header_timeout)
+            if self._hold is None:  # held requests wait on the wake deadline instead
+                self._set_deadline(_T_RESPONSE, self._ctx.response_header_timeout)
             if req.head.chunked and self._upstream is not None:
                 self._send_upstream(b"0\r\n\r\n")
         elif req in self._pending:
@@ -355,12 +378,62 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
             self._stats = ctx.route_stats(route.name, service.name)
             self._service_name = service.name
             self._target = route.rewrite_target(target) if route.strip_prefix else target
-            pool = service.pick(head.headers, self._client_ip, path)
-            if pool is None:
-                raise NoHealthyUpstream(f"no available server for service {service.name}")
+            if service.wakeable:
+                self._container = service
+                key = service.key_of(match.key, head.headers)
+                pool = service.pick(head.headers, self._client_ip, path, key)
+                if pool is None:
+                    # No instance can take it now: wait for a wake, on the wake deadline
+                    # (never on the upstream timeouts). The body keeps arriving into
+                    # req.body until the early-body cap pauses reading.
+                    self._hold = service.hold(self, key, head.headers, self._client_ip, path)
+                    self._set_deadline(_T_WAKE, service.wake_timeout)
+                    return
+            else:
+                pool = service.pick(head.headers, self._client_ip, path)
+                if pool is None:
+                    raise NoHealthyUpstream(f"no available server for service {service.name}")
         except GuardError as e:
             self._answer_error(e)
             return
+        self._dispatch(pool)
+
+    # ------------------------------------------------------------- held requests
+    def on_woken(self, pool: UpstreamPool, waited: float) -> None:
+        """An instance is ready for the held request."""
+        self._hold = None
+        req = self._active
+        if req is None or self._closed:
+            return
+        self._cold_ms = int(waited * 1000)
+        if req.complete:
+            self._set_deadline(_T_RESPONSE, self._ctx.response_header_timeout)
+        else:
+            self._clear_deadline()
+        CORK.depth += 1
+        try:
+            self._dispatch(pool)
+        finally:
+            CORK.release()
+
+    def on_wake_failed(self, error: GuardError) -> None:
+        self._hold = None
+        if self._active is not None and not self._closed:
+            CORK.depth += 1
+            try:
+                self._fail_exchange(error)
+            finally:
+                CORK.release()
+
+    def _cancel_hold(self) -> None:
+        hold = self._hold
+        if hold is not None:
+            self._hold = None
+            if self._container is not None:
+                self._container.cancel(hold)
+
+    def _dispatch(self, pool: UpstreamPool) -> None:
+        head = self._active.head  # type: ignore[union-attr]
         self._pool = pool
         pool.backend.in_flight += 1
         if head.expect_continue:
@@ -491,15 +564,17 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
             self._out_chunked = True
         elif delimited:
             self._keep_alive = False  # an HTTP/1.0 client reads to the close
-        self._write(
-            response_head_bytes(
-                head,
-                chunked=self._out_chunked,
-                keep_alive=self._keep_alive,
-                client_version=client_version,
-                via=self._ctx.via,
-            )
+        data = response_head_bytes(
+            head,
+            chunked=self._out_chunked,
+            keep_alive=self._keep_alive,
+            client_version=client_version,
+            via=self._ctx.via,
         )
+        if self._cold_ms >= 0:
+            # The request waited for a wake: say how long (ms), before the head's end.
+            data = b"%bx-guard-cold-start: %d\r\n\r\n" % (data[:-2], self._cold_ms)
+        self._write(data)
         self._replay = None
 
     def on_response_body(self, data: bytes) -> None:
@@ -628,10 +703,15 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
             self._set_deadline(_T_IDLE, self._ctx.idle_timeout)
 
     def _finish_stats(self, status: int, error: str) -> None:
+        self._cancel_hold()  # an exchange that ends while held leaves the queue
         pool = self._pool
         if pool is not None:
             pool.backend.in_flight -= 1
             self._pool = None
+            container = self._container
+            if container is not None:
+                container.done()
+        self._container = None
         req = self._active
         if req is None:
             return

@@ -25,6 +25,7 @@ class L4Stats:
         "sessions_evicted",
         "sessions_expired",
         "unknown_sni",
+        "wake_failed",
     )
 
     def __init__(self) -> None:
@@ -44,6 +45,9 @@ class L4Stats:
         self.sessions_expired = 0
         self.sessions_evicted = 0  # dropped as the oldest when the table was full
         self.datagrams_dropped = 0  # queue full while connecting, oversize, or no backend
+        # held for a container service's wake, then refused: start failed, wake_timeout,
+        # queue full, instance limit
+        self.wake_failed = 0
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self.__slots__}

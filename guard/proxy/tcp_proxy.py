@@ -27,6 +27,7 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from guard.errors import GuardError
 from guard.proxy.deadlines import NEVER, DeadlineSweeper
 from guard.proxy.l4_stats import L4Stats
 from guard.proxy.proxy_protocol import (
@@ -43,6 +44,8 @@ from guard.upstream.resolver import ResolveError, Resolver
 if TYPE_CHECKING:
     from guard.balancing.backend import Backend
     from guard.config.model import RouteConfig
+    from guard.upstream.container_service import ContainerService, Hold
+    from guard.upstream.pool import UpstreamPool
     from guard.upstream.service import Service
 
 log = logging.getLogger("guard.tcp")
@@ -53,7 +56,8 @@ PEEK_TIMEOUT = 10.0
 # Client bytes held while the backend connection is being opened; reading pauses beyond.
 MAX_EARLY_BYTES = 256 * 1024
 
-_PEEK, _CONNECTING, _RELAY, _CLOSED = 0, 1, 2, 3
+# _HOLDING: routed to a container service with no ready instance; waiting for a wake.
+_PEEK, _CONNECTING, _RELAY, _CLOSED, _HOLDING = 0, 1, 2, 3, 4
 
 # Reasons client reading is paused: it resumes only when none is left.
 _PAUSE_BACKEND = 1  # the backend's write buffer is full
@@ -66,6 +70,9 @@ class TcpRoute:
     def __init__(self, name: str, service: str) -> None:
         self.name = name
         self.service = service
+
+    def __str__(self) -> str:
+        return f"route {self.name}"
 
 
 class TcpRouting:
@@ -117,6 +124,7 @@ class TcpListenerContext:
         "loop",
         "name",
         "resolver",
+        "route_services",
         "route_stats",
         "routing",
         "services",
@@ -153,13 +161,15 @@ class TcpListenerContext:
         )
         self.stats = L4Stats()
         self.route_stats: dict[str, L4Stats] = {}
+        self.route_services: dict[str, str] = {}  # route -> service, for the usage ledger
         self.connections: set[TcpClientProtocol] = set()
         self.draining = False
 
-    def stats_for(self, route: str) -> L4Stats:
+    def stats_for(self, route: str, service: str = "") -> L4Stats:
         stats = self.route_stats.get(route)
         if stats is None:
             stats = self.route_stats[route] = L4Stats()
+            self.route_services[route] = service
         return stats
 
     def is_trusted(self, ip: str) -> bool:
@@ -183,9 +193,12 @@ class TcpClientProtocol(asyncio.Protocol):
         "client_addr",
         "client_eof",
         "connect_task",
+        "container",
         "ctx",
         "deadline",
         "expect_proxy",
+        "held_route",
+        "hold",
         "idle",
         "local_addr",
         "paused",
@@ -210,6 +223,9 @@ class TcpClientProtocol(asyncio.Protocol):
         self.deadline = NEVER
         self.backend: Backend | None = None
         self.connect_task: asyncio.Task[None] | None = None
+        self.hold: Hold | None = None
+        self.container: ContainerService | None = None
+        self.held_route: TcpRoute | None = None
         self.client_addr: tuple[str, int] = ("", 0)
         self.local_addr: tuple[str, int] = ("", 0)
         self.client_eof = False
@@ -259,7 +275,7 @@ class TcpClientProtocol(asyncio.Protocol):
         buf += data
         if self.state == _PEEK:
             self._peek()
-        elif self.state == _CONNECTING and len(buf) > MAX_EARLY_BYTES:
+        elif self.state in (_CONNECTING, _HOLDING) and len(buf) > MAX_EARLY_BYTES:
             self._pause(_PAUSE_EARLY)
 
     def eof_received(self) -> bool:
@@ -311,10 +327,16 @@ class TcpClientProtocol(asyncio.Protocol):
                 up.close()
             else:
                 up.abort()
+        hold = self.hold
+        if hold is not None and self.container is not None:
+            self.hold = None
+            self.container.cancel(hold)
         backend = self.backend
         if backend is not None:
             backend.in_flight -= 1
             self.backend = None
+            if self.container is not None:
+                self.container.done()
 
     # ------------------------------------------------------------ deadline
     def on_deadline(self) -> None:
@@ -328,6 +350,9 @@ class TcpClientProtocol(asyncio.Protocol):
             log.info("tcp %s: connect to %s timed out", self.ctx.name, self.backend)
         elif state == _RELAY:
             stats.idle_timeouts += 1
+        elif state == _HOLDING:
+            stats.wake_failed += 1
+            log.info("tcp %s: no instance ready in time for %s", self.ctx.name, self.held_route)
         self.abort()
 
     def _peek_timeout(self) -> bool:
@@ -421,14 +446,55 @@ class TcpClientProtocol(asyncio.Protocol):
             self._reject("no route")
             return
         pool = service.pick([], self.client_addr[0], b"")
+        if pool is None and service.wakeable:
+            # A container service with no instance ready: hold the connection (its early
+            # bytes buffer, up to MAX_EARLY_BYTES) until one is, or wake_timeout.
+            try:
+                self.hold = service.hold(
+                    self, service.key_of(None, []), [], self.client_addr[0], b""
+                )
+            except GuardError as e:
+                ctx.stats.wake_failed += 1
+                self._reject(f"service {service.name}: {e.message}")
+                return
+            self.container = service
+            self.held_route = route
+            self.state = _HOLDING
+            if self.buf is None:
+                self.buf = bytearray()
+            self.deadline = self.sweeper.now + service.wake_timeout
+            self.sweeper.add(self)
+            return
         if pool is None:
             ctx.stats.no_backend += 1
             self._reject(f"service {service.name}: no available backend")
             return
+        if service.wakeable:
+            self.container = service
+        self._begin(route, service, pool)
+
+    # held for a wake (Waiter)
+    def on_woken(self, pool: UpstreamPool, waited: float) -> None:
+        self.hold = None
+        route, service = self.held_route, self.container
+        if self.state != _HOLDING or route is None or service is None:
+            return
+        self._begin(route, service, pool)
+
+    def on_wake_failed(self, error: GuardError) -> None:
+        self.hold = None
+        if self.state == _HOLDING:
+            self.ctx.stats.wake_failed += 1
+            self._reject(f"{self.held_route}: {error.message}")
+
+    def _begin(
+        self, route: TcpRoute, service: Service | ContainerService, pool: UpstreamPool
+    ) -> None:
+        ctx = self.ctx
         backend = pool.backend
         backend.in_flight += 1
         self.backend = backend
-        self.stats = stats = ctx.stats_for(route.name)
+        self.stats = stats = ctx.stats_for(route.name, route.service)
         stats.connections += 1
         pp = service.config.proxy_protocol
         header = encode(pp.send, self.client_addr, self.local_addr) if pp is not None else b""

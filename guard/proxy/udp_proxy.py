@@ -24,6 +24,7 @@ import logging
 import socket
 from typing import TYPE_CHECKING
 
+from guard.errors import GuardError
 from guard.proxy.deadlines import NEVER, DeadlineSweeper
 from guard.proxy.l4_stats import L4Stats
 from guard.upstream.resolver import ResolveError, Resolver
@@ -31,6 +32,8 @@ from guard.upstream.resolver import ResolveError, Resolver
 if TYPE_CHECKING:
     from guard.balancing.backend import Backend
     from guard.config.model import RouteConfig
+    from guard.upstream.container_service import ContainerService, Hold
+    from guard.upstream.pool import UpstreamPool
     from guard.upstream.service import Service
 
 log = logging.getLogger("guard.udp")
@@ -142,7 +145,7 @@ class UdpListenerProtocol(asyncio.DatagramProtocol):
             stats.datagrams_dropped += 1
             return
         pool = service.pick([], addr[0], b"")
-        if pool is None:
+        if pool is None and not service.wakeable:
             stats.no_backend += 1
             stats.datagrams_dropped += 1
             return
@@ -151,12 +154,27 @@ class UdpListenerProtocol(asyncio.DatagramProtocol):
             oldest = next(iter(sessions.values()))
             stats.sessions_evicted += 1
             oldest.close()
-        session = UdpSession(ctx, addr, pool.backend)
+        session = UdpSession(ctx, addr, pool.backend if pool is not None else None)
         sessions[addr] = session
         stats.connections += 1
         stats.sessions += 1
         session.enqueue(data)
-        session.task = ctx.loop.create_task(session.open())
+        if service.wakeable:
+            session.container = service  # type: ignore[assignment]
+        if pool is not None:
+            session.task = ctx.loop.create_task(session.open())
+            return
+        # A container service with no instance ready: the session's datagrams queue (up to
+        # MAX_QUEUED) while it waits for a wake; the session's idle deadline becomes the
+        # wake deadline.
+        try:
+            session.hold = service.hold(session, service.key_of(None, []), [], addr[0], b"")  # type: ignore[union-attr]
+        except GuardError as e:
+            stats.wake_failed += 1
+            log.info("udp %s: %s", ctx.name, e.message)
+            session.close()
+            return
+        session.deadline = ctx.sweeper.now + service.wake_timeout  # type: ignore[union-attr]
 
 
 class UdpSession(asyncio.DatagramProtocol):
@@ -166,8 +184,10 @@ class UdpSession(asyncio.DatagramProtocol):
         "addr",
         "backend",
         "closed",
+        "container",
         "ctx",
         "deadline",
+        "hold",
         "idle",
         "pending",
         "stats",
@@ -175,11 +195,14 @@ class UdpSession(asyncio.DatagramProtocol):
         "transport",
     )
 
-    def __init__(self, ctx: UdpListenerContext, addr: Address, backend: Backend) -> None:
+    def __init__(self, ctx: UdpListenerContext, addr: Address, backend: Backend | None) -> None:
         self.ctx = ctx
         self.addr = addr
         self.backend = backend
-        backend.in_flight += 1  # an open session counts as activity on its backend
+        if backend is not None:
+            backend.in_flight += 1  # an open session counts as activity on its backend
+        self.container: ContainerService | None = None
+        self.hold: Hold | None = None
         self.stats = ctx.stats
         self.idle = ctx.idle
         self.transport: asyncio.DatagramTransport | None = None
@@ -196,9 +219,28 @@ class UdpSession(asyncio.DatagramProtocol):
             return
         pending.append(data)
 
+    # held for a wake (Waiter)
+    def on_woken(self, pool: UpstreamPool, waited: float) -> None:
+        self.hold = None
+        if self.closed:
+            return
+        self.backend = pool.backend
+        pool.backend.in_flight += 1
+        self.deadline = self.ctx.sweeper.now + self.idle
+        self.task = self.ctx.loop.create_task(self.open())
+
+    def on_wake_failed(self, error: GuardError) -> None:
+        self.hold = None
+        if not self.closed:
+            self.stats.wake_failed += 1
+            self.stats.datagrams_dropped += len(self.pending or ())
+            log.info("udp %s: session %s: %s", self.ctx.name, self.addr, error.message)
+            self.close()
+
     async def open(self) -> None:
         ctx = self.ctx
         backend = self.backend
+        assert backend is not None
         try:
             addresses = ctx.resolver.cached(backend.host)
             if addresses is None:
@@ -242,14 +284,18 @@ class UdpSession(asyncio.DatagramProtocol):
     def error_received(self, exc: Exception) -> None:
         # ECONNREFUSED from an ICMP port-unreachable: the backend is not listening (yet).
         # The session stays; the client's retries decide, as with a direct UDP exchange.
-        log.debug("udp %s: backend %s: %s", self.ctx.name, self.backend.name, exc)
+        log.debug("udp %s: backend %s: %s", self.ctx.name, self.backend, exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.close()
 
     # -- deadline
     def on_deadline(self) -> None:
-        self.stats.sessions_expired += 1
+        if self.hold is not None:
+            self.stats.wake_failed += 1  # no instance ready within wake_timeout
+            self.stats.datagrams_dropped += len(self.pending or ())
+        else:
+            self.stats.sessions_expired += 1
         self.close()
 
     def close(self) -> None:
@@ -262,7 +308,14 @@ class UdpSession(asyncio.DatagramProtocol):
         if ctx.sessions.get(self.addr) is self:
             del ctx.sessions[self.addr]
         self.stats.sessions -= 1
-        self.backend.in_flight -= 1
+        hold, container = self.hold, self.container
+        if hold is not None and container is not None:
+            self.hold = None
+            container.cancel(hold)
+        if self.backend is not None:
+            self.backend.in_flight -= 1
+            if container is not None:
+                container.done()
         self.pending = None
         task = self.task
         if task is not None and not task.done():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -19,12 +20,17 @@ from pathlib import Path
 from guard.admin.server import AdminPages, AdminServer
 from guard.config import load_config, load_routes
 from guard.config.model import GuardConfig, ListenerConfig, RouteConfig, RoutesConfig
+from guard.control.messages import ControlLink, ServiceEndpoints, WakeFailure
+from guard.control.metering import TrafficReport, UsageMeter
+from guard.control.metrics import control_snapshot
+from guard.control.plane import REPORT_INTERVAL, ControlPlane
 from guard.errors import ConfigErrors
 from guard.http.forwarding import TrustedProxies
 from guard.metrics.collector import MetricsPage
 from guard.metrics.reader import WorkerMetrics
 from guard.metrics.relay import ENV as METRICS_SOCKET_ENV
 from guard.metrics.relay import SnapshotSender
+from guard.metrics.snapshot import merge
 from guard.proxy.context import AccessLog, ListenerContext
 from guard.proxy.deadlines import DeadlineSweeper, tick_for
 from guard.proxy.http_proxy import HttpProxyProtocol
@@ -36,9 +42,12 @@ from guard.proxy.tcp_proxy import (
 )
 from guard.proxy.udp_proxy import UdpListenerContext, UdpListenerProtocol, udp_socket
 from guard.routing import HttpRouteTable, build_http_tables
+from guard.runtime.traffic import TrafficTally
+from guard.upstream.container_service import ContainerService
 from guard.upstream.pool import UpstreamSettings
 from guard.upstream.resolver import Resolver
 from guard.upstream.service import Service
+from guard.usage.ledger import UsageLedger
 
 log = logging.getLogger("guard.worker")
 
@@ -75,28 +84,53 @@ class Worker:
             idle_timeout=t.idle,
         )
         self.access_log = AccessLog.open(self.loop, http.access_log) if http.access_log else None
-        self.services: dict[str, Service] = {}
+        self.services: dict[str, Service | ContainerService] = {}
+        self.link: ControlLink | None = None  # set by attach_control, for container services
+        self._report_timer: asyncio.TimerHandle | None = None
         self.contexts: dict[str, ListenerContext] = {}
         self.tcp_contexts: dict[str, TcpListenerContext] = {}
         self.udp_contexts: dict[str, UdpListenerContext] = {}
         self.servers: list[asyncio.Server] = []
         self.stopping = asyncio.Event()
         self.draining = False
+        self.stopped = False
+        self._early_endpoints: dict[str, ServiceEndpoints] = {}
+        self._tally: TrafficTally | None = None
+        self._tally_timer: asyncio.TimerHandle | None = None
         self.metrics = WorkerMetrics(self)
 
     # ------------------------------------------------------------------ building
-    def _build(self, routes: RoutesConfig) -> tuple[dict[str, Service], dict[str, HttpRouteTable]]:
-        services = {
-            name: Service(
-                cfg,
-                self.upstream_settings,
-                loop=self.loop,
-                resolver=self.resolver,
-                sweeper=self.sweeper,
-            )
-            for name, cfg in routes.services.items()
-            if cfg.servers
-        }
+    def _build(
+        self, routes: RoutesConfig
+    ) -> tuple[dict[str, Service | ContainerService], dict[str, HttpRouteTable]]:
+        services: dict[str, Service | ContainerService] = {}
+        for name, cfg in routes.services.items():
+            current = self.services.get(name)
+            if cfg.container is not None:
+                if self.link is None:
+                    raise RuntimeError("container services need a control plane")
+                if isinstance(current, ContainerService):
+                    # Kept across reloads: it holds requests and knows the live instances.
+                    current.configure(cfg)
+                    services[name] = current
+                    continue
+                services[name] = ContainerService(
+                    cfg,
+                    self.upstream_settings,
+                    loop=self.loop,
+                    resolver=self.resolver,
+                    sweeper=self.sweeper,
+                    link=self.link,
+                    worker_id=self.worker_id,
+                )
+            elif cfg.servers:
+                services[name] = Service(
+                    cfg,
+                    self.upstream_settings,
+                    loop=self.loop,
+                    resolver=self.resolver,
+                    sweeper=self.sweeper,
+                )
         http_listeners = {
             n for n, lc in self.config.listeners.items() if lc.protocol in HTTP_PROTOCOLS
         }
@@ -125,10 +159,57 @@ class Worker:
                 udp[name] = mine[0] if mine else None
         return tcp, udp
 
+    def attach_control(self, plane: ControlPlane) -> None:
+        """Use ``plane`` for container services (before ``start``)."""
+        self.link = plane.attach(self.worker_id, self)
+
+    # DataPlaneSink: the control plane's messages
+    def apply_endpoints(self, update: ServiceEndpoints) -> None:
+        svc = self.services.get(update.service)
+        if isinstance(svc, ContainerService):
+            svc.apply_endpoints(update)
+        else:
+            self._early_endpoints[update.service] = update  # before start(): applied there
+
+    def wake_failed(self, failure: WakeFailure) -> None:
+        svc = self.services.get(failure.service)
+        if isinstance(svc, ContainerService):
+            svc.wake_failed(failure)
+
+    def start_traffic_tally(self, send: Callable[[TrafficReport], None], interval: float) -> None:
+        """Send per-route traffic deltas to ``send`` every ``interval`` (usage ledger)."""
+        self._tally = TrafficTally(self, send)
+
+        def tick() -> None:
+            if self.stopped:
+                return
+            self.flush_traffic()
+            self._tally_timer = self.loop.call_later(interval, tick)
+
+        self._tally_timer = self.loop.call_later(interval, tick)
+
+    def flush_traffic(self) -> None:
+        if self._tally is not None:
+            self._tally.flush()
+
+    def _report_load(self) -> None:
+        link = self.link
+        if link is None or self.stopped:
+            return
+        for svc in self.services.values():
+            if isinstance(svc, ContainerService):
+                link.report(svc.report())
+        self._report_timer = self.loop.call_later(REPORT_INTERVAL, self._report_load)
+
     async def start(self) -> None:
         self.sweeper.start()
         services, tables = self._build(self.config.routes)
         self.services = services
+        for update in self._early_endpoints.values():
+            self.apply_endpoints(update)
+        self._early_endpoints.clear()
+        if self.link is not None:
+            self._report_load()
         await self._start_l4(services)
         http = self.config.http
         trusted = TrustedProxies(http.trusted_proxies)
@@ -206,16 +287,24 @@ class Worker:
                 "worker %d: listener %s (%s) on %s", self.worker_id, name, lc.protocol, lc.address
             )
 
-    def reload_routes(self) -> bool:
-        """Rebuild route tables and services from the route files; keep the old on error."""
+    def read_routes(self) -> RoutesConfig | None:
+        """The route files, validated; None (logged, counted) when they are not valid."""
         try:
-            routes = load_routes(
-                self.config.routes_path, self.config.listeners, self.config.drivers
-            )
+            return load_routes(self.config.routes_path, self.config.listeners, self.config.drivers)
         except ConfigErrors as e:
             log.error("route reload rejected, keeping the current table:\n%s", e)
             self.metrics.reloads["failure"] += 1
+            return None
+
+    def reload_routes(self) -> bool:
+        """Rebuild route tables and services from the route files; keep the old on error."""
+        routes = self.read_routes()
+        if routes is None:
             return False
+        self.apply_routes(routes)
+        return True
+
+    def apply_routes(self, routes: RoutesConfig) -> None:
         old = self.services
         services, tables = self._build(routes)
         for name, ctx in self.contexts.items():
@@ -229,14 +318,15 @@ class Worker:
             uctx.route = udp_routes[name]
             uctx.services = services
         self.services = services
-        self.metrics.retire(old.values())  # their pools' counters must not vanish
-        for svc in old.values():
+        kept = [svc for svc in services.values() if isinstance(svc, ContainerService)]
+        retired = [svc for svc in old.values() if not any(svc is k for k in kept)]
+        self.metrics.retire(retired)  # their pools' counters must not vanish
+        for svc in retired:
             svc.close()
         self.metrics.reloads["success"] += 1
         log.info(
             "routes reloaded: %d routes, %d services", len(routes.routes), len(routes.services)
         )
-        return True
 
     # ------------------------------------------------------------------ stopping
     async def drain(self, grace: float) -> None:
@@ -264,6 +354,10 @@ class Worker:
             await asyncio.sleep(0.02)
         for svc in self.services.values():
             svc.close()
+        self.stopped = True
+        for timer in (self._report_timer, self._tally_timer):
+            if timer is not None:
+                timer.cancel()
         if self.access_log is not None:
             self.access_log.flush()
         self.sweeper.stop()
@@ -296,12 +390,25 @@ async def serve(
     """
     worker = Worker(config, reuse_port=reuse_port, worker_id=worker_id)
     loop = worker.loop
+    plane: ControlPlane | None = None
+    if needs_control_plane(config):
+        # workers: 1 runs the one control plane in-process (the supervisor refuses
+        # container services with more workers until the cross-process link lands).
+        plane = ControlPlane(config)
+    meter, ledger, ledger_task = _usage(config, plane)
+    if plane is not None:
+        await plane.start()
+        worker.attach_control(plane)
     admin: AdminServer | None = None
     sender: SnapshotSender | None = None
     if metrics_socket:
         sender = SnapshotSender(metrics_socket, worker_id, worker.metrics.snapshot)
     elif config.admin is not None:
-        page = MetricsPage(worker.metrics.snapshot)
+        page = MetricsPage(
+            worker.metrics.snapshot
+            if plane is None
+            else lambda: merge([worker.metrics.snapshot(), control_snapshot(plane)])
+        )
         admin = AdminServer(
             config.admin,
             AdminPages(
@@ -313,12 +420,35 @@ async def serve(
         )
         await admin.start()  # before the listeners: a taken admin port stops us cleanly
     await worker.start()
+    if meter is not None:
+        meter.start()
+        if ledger is not None:
+            worker.start_traffic_tally(meter.traffic, meter.interval)
     if sender is not None:
         sender.start()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, worker.reload_routes)
+    reloads: set[asyncio.Task[None]] = set()
+
+    async def reload() -> None:
+        routes = worker.read_routes()
+        if routes is None:
+            return
+        if plane is None and needs_control_plane(routes):
+            log.error("route reload rejected: container services need a restart to start")
+            worker.metrics.reloads["failure"] += 1
+            return
+        if plane is not None:
+            await plane.reload(routes)  # controllers first: the workers' wakes need them
+        worker.apply_routes(routes)
+
+    def on_sighup() -> None:
+        task = loop.create_task(reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     if worker_id == 0:
         listeners = len(worker.servers) + len(worker.udp_contexts)
         print(f"guard: serving ({listeners} listeners)", file=sys.stderr, flush=True)
@@ -326,11 +456,50 @@ async def serve(
     log.info("worker %d: draining (grace %.1fs)", worker_id, config.http.timeouts.drain)
     # /healthz answers 503 "draining" throughout, so load balancers stop sending first.
     await worker.drain(config.http.timeouts.drain)
+    if plane is not None:
+        await plane.close()  # after the drain: in-flight requests finished on instances
+    if meter is not None:
+        await meter.close()
+    if ledger is not None:
+        worker.flush_traffic()
+        assert ledger_task is not None
+        ledger_task.cancel()  # its last flush runs on cancel, synchronously
+        with contextlib.suppress(asyncio.CancelledError):
+            await ledger_task
+        ledger.close()
     if sender is not None:
         await sender.close()
     if admin is not None:
         admin.close()
     return 0
+
+
+def _usage(
+    config: GuardConfig, plane: ControlPlane | None
+) -> tuple[UsageMeter | None, UsageLedger | None, asyncio.Task[None] | None]:
+    """The usage ledger (``usage:``) and the meter feeding it; the meter also runs without
+    a ledger when a service scales on ``target_cpu`` (it reads the instances' CPU)."""
+    ledger: UsageLedger | None = None
+    task: asyncio.Task[None] | None = None
+    if config.usage is not None:
+        ledger = UsageLedger(config.usage.ledger, flush_interval=config.usage.flush)
+        ledger.open()
+        task = asyncio.get_running_loop().create_task(ledger.run())
+    cpu_scaled = any(
+        s.scale is not None and s.scale.target_cpu is not None
+        for s in config.routes.services.values()
+    )
+    if ledger is None and not (plane is not None and cpu_scaled):
+        return None, None, None
+    meter = UsageMeter(plane, ledger, config.usage.flush if config.usage else 1.0)
+    if plane is not None:
+        plane.meter = meter
+    return meter, ledger, task
+
+
+def needs_control_plane(config: GuardConfig | RoutesConfig) -> bool:
+    routes = config.routes if isinstance(config, GuardConfig) else config
+    return any(s.container is not None for s in routes.services.values())
 
 
 def _die_with_parent() -> None:

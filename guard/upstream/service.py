@@ -16,6 +16,8 @@ class Service:
 
     __slots__ = ("_pools", "balancer", "config", "name")
 
+    wakeable = False  # static servers are there or not: nothing to wake (ContainerService is)
+
     def __init__(
         self,
         config: ServiceConfig,

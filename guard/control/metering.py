@@ -1,0 +1,161 @@
+"""Usage metering: turns driver stats and the workers' traffic counters into ledger slices.
+
+Every ``interval`` (``usage.flush``) the meter reads each running instance's cumulative CPU
+time and current memory from its driver and records one ``InstanceSlice`` per instance for
+``[last sample, now)``: CPU is the counter's delta, memory the mean of the two readings.
+When an instance stops, a last slice (read just before the driver stops it) carries
+``stopped_at`` and the exit reason, so a slice sequence always covers start to stop.
+
+Traffic comes from the workers as per-route deltas (``TrafficReport``); each becomes a
+``TrafficSlice`` for the interval it covers. Slice ids are ``<instance or route>@<start ns>``:
+unique, and the same if a slice were recorded twice, so the ledger counts it once.
+
+The same CPU readings feed ``target_cpu`` autoscaling (utilisation of the instance's CPU
+limit, or of one core without a limit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from guard.control.state import Instance, Phase
+from guard.drivers.base import DriverError
+from guard.usage.ledger import InstanceSlice, TrafficSlice, UsageLedger
+
+if TYPE_CHECKING:
+    from guard.control.plane import ControlPlane
+
+log = logging.getLogger("guard.usage")
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficReport:
+    """One worker's traffic on one route over [start, end) (unix seconds)."""
+
+    worker: int
+    route: str
+    service: str
+    start: float
+    end: float
+    requests: int  # HTTP requests; tcp connections or udp sessions on l4 routes
+    bytes_in: int  # client -> backend
+    bytes_out: int  # backend -> client
+
+
+@dataclass(slots=True)
+class _Sample:
+    wall: float  # unix time of the reading
+    cpu_seconds: float
+    memory_bytes: int
+
+
+class UsageMeter:
+    def __init__(
+        self, plane: ControlPlane | None, ledger: UsageLedger | None, interval: float
+    ) -> None:
+        self.plane = plane
+        self.ledger = ledger
+        self.interval = interval
+        self._last: dict[str, _Sample] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.sample()
+            except Exception:
+                log.exception("usage sampling failed")
+
+    async def sample(self) -> None:
+        """One round: a slice per running instance, CPU utilisation to the autoscaler."""
+        if self.plane is None:
+            return
+        now = asyncio.get_running_loop().time()
+        for ctl in list(self.plane.controllers.values()):
+            utilizations: list[float] = []
+            for inst in ctl.instances(Phase.READY, Phase.DRAINING, Phase.STARTING):
+                if inst.handle is None or inst.started_wall is None:
+                    continue
+                util = await self._slice(inst, final=False)
+                if util is not None and inst.phase is Phase.READY:
+                    utilizations.append(util)
+            if utilizations:
+                ctl.observe_cpu(now, sum(utilizations) / len(utilizations))
+
+    async def instance_stopping(self, inst: Instance) -> None:
+        """The instance is about to be stopped: its last slice, read while it still runs."""
+        if inst.handle is not None and inst.started_wall is not None:
+            await self._slice(inst, final=True)
+        self._last.pop(inst.id, None)
+
+    async def _slice(self, inst: Instance, *, final: bool) -> float | None:
+        ctl = self.plane.controllers.get(inst.service) if self.plane is not None else None
+        if ctl is None or inst.handle is None or inst.started_wall is None:
+            return None
+        try:
+            stats = await ctl.driver.stats(inst.handle)
+            reading = _Sample(time.time(), stats.cpu_seconds, stats.memory_bytes)
+        except DriverError:
+            # Exited already (crash): close the sequence with what was last read.
+            prev = self._last.get(inst.id)
+            reading = _Sample(
+                time.time(),
+                prev.cpu_seconds if prev else 0.0,
+                prev.memory_bytes if prev else 0,
+            )
+        first = inst.id not in self._last
+        prev = self._last.get(inst.id) or _Sample(inst.started_wall, 0.0, reading.memory_bytes)
+        self._last[inst.id] = reading
+        if reading.wall <= prev.wall:
+            return None
+        spec = ctl.spec
+        cpu = max(0.0, reading.cpu_seconds - prev.cpu_seconds)
+        if self.ledger is not None:
+            self.ledger.record(
+                InstanceSlice(
+                    id=f"{inst.id}@{int(prev.wall * 1e9)}",
+                    instance=inst.id,
+                    service=inst.service,
+                    tenant=None,
+                    driver=spec.driver,
+                    start=prev.wall,
+                    end=reading.wall,
+                    cpu_limit=spec.resources.cpu,
+                    memory_limit=spec.resources.memory,
+                    cpu_seconds=cpu,
+                    memory_bytes_avg=(prev.memory_bytes + reading.memory_bytes) / 2,
+                    started_at=inst.started_wall if first else None,
+                    stopped_at=reading.wall if final else None,
+                    exit_reason=(inst.exit_reason or inst.stop_reason) if final else None,
+                )
+            )
+        return cpu / (reading.wall - prev.wall) / (spec.resources.cpu or 1.0)
+
+    def traffic(self, report: TrafficReport) -> None:
+        if self.ledger is None or report.end <= report.start:
+            return
+        self.ledger.record(
+            TrafficSlice(
+                id=f"{report.route}#{report.worker}@{int(report.start * 1e9)}",
+                route=report.route,
+                service=report.service,
+                tenant=None,
+                start=report.start,
+                end=report.end,
+                requests=report.requests,
+                bytes_in=report.bytes_in,
+                bytes_out=report.bytes_out,
+            )
+        )
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()

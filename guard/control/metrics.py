@@ -1,0 +1,67 @@
+"""The control plane's numbers for /metrics: instances, starts, stops, autoscaler, queues.
+
+Label values are service names and fixed sets (phase, outcome, stop reason); never instance
+ids or keys, which a per-key service has without bound.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+from guard.control.state import Instance, Phase
+from guard.metrics.snapshot import Hist, Snapshot, add
+from guard.proxy.context import Histogram
+
+if TYPE_CHECKING:
+    from guard.control.plane import ControlPlane
+
+START_PHASES = ("create", "start", "probe")
+# Instance.stop_reason values the controllers use; anything else counts as "exited".
+STOP_REASONS = frozenset({"idle", "scale down", "shutdown", "config changed"})
+
+
+class ControlStats:
+    """Counters the controllers feed as things happen."""
+
+    def __init__(self) -> None:
+        self.wake_duration: dict[tuple[str, str], Histogram] = defaultdict(Histogram)
+        self.start_phase: dict[tuple[str, str], Histogram] = defaultdict(Histogram)
+        self.stops: dict[tuple[str, str], int] = defaultdict(int)
+
+    def observe_start(self, service: str, outcome: str, phases: dict[str, float]) -> None:
+        self.wake_duration[(service, outcome)].observe(phases["total"])
+        if outcome == "ready":
+            for phase in START_PHASES:
+                self.start_phase[(service, phase)].observe(phases[phase])
+
+    def stopped(self, inst: Instance) -> None:
+        reason = inst.stop_reason if inst.stop_reason in STOP_REASONS else "exited"
+        self.stops[(inst.service, reason or "exited")] += 1
+
+
+def control_snapshot(plane: ControlPlane) -> Snapshot:
+    snap: Snapshot = {}
+    stats = plane.stats
+    for labels, h in list(stats.wake_duration.items()):
+        add(snap, "guard_instance_start_duration_seconds", labels, Hist(list(h.counts), h.sum))
+    for labels, h in list(stats.start_phase.items()):
+        add(snap, "guard_instance_start_phase_seconds", labels, Hist(list(h.counts), h.sum))
+    for labels, n in list(stats.stops.items()):
+        add(snap, "guard_instance_stops_total", labels, n)
+    for name, ctl in list(plane.controllers.items()):
+        counts = dict.fromkeys(Phase, 0)
+        for inst in ctl.instances():
+            counts[inst.phase] += 1
+        for phase, n in counts.items():
+            if phase is not Phase.STOPPED:
+                add(snap, "guard_instances", (name, phase.value), n)
+        load = plane.peek_load(name)
+        add(snap, "guard_wake_queue_depth", (name,), load.held)
+        add(snap, "guard_service_in_flight", (name,), sum(load.in_flight.values()))
+        decision = ctl.last_decision
+        if decision is not None:
+            add(snap, "guard_autoscaler_desired_instances", (name,), decision.desired)
+            add(snap, "guard_autoscaler_panic", (name,), 1 if decision.panicking else 0)
+            add(snap, "guard_autoscaler_stable_concurrency", (name,), decision.stable_concurrency)
+    return snap

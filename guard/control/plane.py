@@ -1,0 +1,284 @@
+"""The control plane: drivers, one controller per container service, and the link to workers.
+
+Exactly one runs per Guard. Data-plane workers hold a ``ControlLink`` to it: they ask for
+wakes and report their load every ``REPORT_INTERVAL`` and after every endpoint update; the
+plane answers with ``ServiceEndpoints`` / ``WakeFailure`` messages (``guard.control.messages``).
+Its own loop ticks every ``TICK``: it sums the latest reports per service and hands them to
+the controllers (activity, autoscaling, per-key sleep).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+from guard.config.model import GuardConfig, RoutesConfig, ServiceConfig
+from guard.control.controller import Load, ServiceController
+from guard.control.messages import (
+    ControlLink,
+    DataPlaneSink,
+    Endpoint,
+    LoadReport,
+    ServiceEndpoints,
+    WakeFailure,
+)
+from guard.control.metering import UsageMeter
+from guard.control.metrics import ControlStats
+from guard.control.state import ControlState, Instance, MemoryState, Phase
+from guard.drivers.base import Driver, DriverError, InstanceHandle
+
+log = logging.getLogger("guard.control")
+lifecycle_log = logging.getLogger("guard.lifecycle")
+
+TICK = 0.1
+REPORT_INTERVAL = 0.1
+
+_WARNINGS = frozenset({"start_failed", "crash", "driver_error"})
+
+InstanceHook = Callable[[Instance], None]
+
+
+class LocalLink:
+    """A worker's link to a control plane in the same process and loop.
+
+    Wakes are delivered on the next loop iteration, never inside the caller's callback: a
+    wake can fail synchronously, and that answer must not re-enter the data plane while it
+    is still queueing the request that asked."""
+
+    def __init__(self, plane: ControlPlane) -> None:
+        self._plane = plane
+
+    def wake(self, service: str, key: str | None, demand: int) -> None:
+        self._plane.loop.call_soon(self._plane.on_wake, service, key, demand)
+
+    def report(self, report: LoadReport) -> None:
+        self._plane.on_report(report)
+
+
+class ControlPlane:
+    def __init__(
+        self,
+        config: GuardConfig,
+        *,
+        drivers: dict[str, Driver] | None = None,
+        state: ControlState | None = None,
+    ) -> None:
+        self.config = config
+        self.loop = asyncio.get_running_loop()
+        self.state = state or MemoryState()
+        self.drivers: dict[str, Driver] = dict(drivers or {})
+        self._own_drivers: list[Driver] = []
+        self._workdir: Path | None = None
+        self.controllers: dict[str, ServiceController] = {}
+        self._sinks: dict[int, DataPlaneSink] = {}
+        self._reports: dict[tuple[int, str], LoadReport] = {}
+        self._served: dict[str, set[str]] = defaultdict(set)
+        self._seq: dict[str, int] = defaultdict(int)
+        self._unhook: list[Callable[[], None]] = []
+        self._tick_task: asyncio.Task[None] | None = None
+        self.on_started: list[InstanceHook] = []
+        self.on_stopped: list[InstanceHook] = []
+        self.stats = ControlStats()
+        self.meter: UsageMeter | None = None  # set by whoever runs the usage ledger
+
+    # ------------------------------------------------------------------ setup
+    async def start(self) -> None:
+        await self._apply(self.config.routes)
+        self._tick_task = self.loop.create_task(self._run())
+
+    def attach(self, worker: int, sink: DataPlaneSink) -> ControlLink:
+        """Register a data-plane worker; it gets the current endpoints at once."""
+        self._sinks[worker] = sink
+        for name in self.controllers:
+            sink.apply_endpoints(self._endpoints(name))
+        return LocalLink(self)
+
+    async def _driver(self, name: str) -> Driver:
+        driver = self.drivers.get(name)
+        if driver is not None:
+            return driver
+        if name == "process":
+            from guard.drivers.process import ProcessDriver
+
+            # Instance directories (logs) live for this run only.
+            self._workdir = Path(tempfile.mkdtemp(prefix="guard-instances-"))
+            driver = ProcessDriver(self._workdir)
+        elif name == "docker":
+            from guard.drivers.docker import DockerDriver  # type: ignore[import-not-found]
+
+            docker_cfg = self.config.drivers.docker
+            assert docker_cfg is not None  # the loader checked the service's driver exists
+            driver = DockerDriver(docker_cfg)
+            reaped = await driver.reap_orphans()
+            if reaped:
+                log.warning("removed %d containers left by an earlier Guard", len(reaped))
+        else:
+            raise DriverError(f"unknown driver {name!r}")
+        self.drivers[name] = driver
+        self._own_drivers.append(driver)
+        self._unhook.append(driver.on_exit(self._on_exit))
+        return driver
+
+    async def _apply(self, routes: RoutesConfig) -> None:
+        wanted = {n: s for n, s in routes.services.items() if s.container is not None}
+        for name, ctl in list(self.controllers.items()):
+            if name not in wanted:
+                del self.controllers[name]
+                self.loop.create_task(ctl.close())
+        for name, cfg in wanted.items():
+            ctl = self.controllers.get(name)
+            if ctl is not None and ctl.spec.driver == cfg.container.driver:  # type: ignore[union-attr]
+                ctl.configure(cfg)
+                continue
+            if ctl is not None:
+                self.loop.create_task(ctl.close())
+            self.controllers[name] = await self._controller(cfg)
+        for name in wanted:
+            self.publish(name)
+
+    async def _controller(self, cfg: ServiceConfig) -> ServiceController:
+        assert cfg.container is not None
+        driver = await self._driver(cfg.container.driver)
+        return ServiceController(cfg, driver, self.state, self, loop=self.loop)
+
+    async def reload(self, routes: RoutesConfig) -> None:
+        """New route files: add, reconfigure and remove controllers."""
+        await self._apply(routes)
+
+    # --------------------------------------------------------- from the workers
+    def on_wake(self, service: str, key: str | None, demand: int) -> None:
+        ctl = self.controllers.get(service)
+        if ctl is None:
+            self.fail(WakeFailure(service, key, "instance_start_failed", "service removed"))
+            return
+        ctl.wake(key, demand)
+
+    def on_report(self, report: LoadReport) -> None:
+        self._reports[(report.worker, report.service)] = report
+        if report.served:
+            self._served[report.service].update(i for i, _ in report.served)
+
+    # ------------------------------------------------------- ControllerHost
+    def publish(self, service: str) -> int:
+        update = self._endpoints(service, bump=True)
+        for sink in list(self._sinks.values()):
+            sink.apply_endpoints(update)
+        return update.seq
+
+    def _endpoints(self, service: str, *, bump: bool = False) -> ServiceEndpoints:
+        if bump:
+            self._seq[service] += 1
+        ready = tuple(
+            Endpoint(i.id, i.handle.host, i.handle.port, i.key)
+            for i in self.state.of_service(service)
+            if i.phase is Phase.READY and i.handle is not None
+        )
+        return ServiceEndpoints(service, self._seq[service], ready)
+
+    def fail(self, failure: WakeFailure) -> None:
+        for sink in list(self._sinks.values()):
+            sink.wake_failed(failure)
+
+    def drained(self, service: str, instance: str, seq: int) -> bool:
+        for worker in self._sinks:
+            report = self._reports.get((worker, service))
+            if report is None or report.seq < seq:
+                return False
+            if any(i == instance and n > 0 for i, n in report.in_flight):
+                return False
+        return True
+
+    def instance_started(self, inst: Instance) -> None:
+        for hook in self.on_started:
+            hook(inst)
+
+    async def instance_stopping(self, inst: Instance) -> None:
+        if self.meter is not None:
+            try:
+                await self.meter.instance_stopping(inst)
+            except Exception:
+                log.exception("usage: last reading of %s failed", inst.id)
+
+    def instance_stopped(self, inst: Instance) -> None:
+        self.stats.stopped(inst)
+        for hook in self.on_stopped:
+            hook(inst)
+
+    def observe_start(self, service: str, outcome: str, phases: dict[str, float]) -> None:
+        self.stats.observe_start(service, outcome, phases)
+
+    def event(self, event: str, inst: Instance | None, **fields: object) -> None:
+        record: dict[str, object] = {"ts": round(time.time(), 3), "event": event}
+        if inst is not None:
+            record.update(service=inst.service, instance=inst.id)
+            if inst.key is not None:
+                record["key"] = inst.key
+        else:
+            service = fields.pop("service", None)
+            if service is not None:
+                record["service"] = service
+        record.update(fields)
+        level = logging.WARNING if event in _WARNINGS else logging.INFO
+        lifecycle_log.log(level, json.dumps(record, default=str))
+
+    # ------------------------------------------------------------------ ticks
+    async def _run(self) -> None:
+        while True:
+            try:
+                self.tick()
+            except Exception:
+                log.exception("control plane tick failed")
+            await asyncio.sleep(TICK)
+
+    def tick(self) -> None:
+        now = self.loop.time()
+        for name, ctl in self.controllers.items():
+            ctl.tick(now, self.load(name))
+
+    def peek_load(self, service: str) -> Load:
+        """``load`` without consuming the activity seen since the last tick (metrics)."""
+        return self.load(service, consume=False)
+
+    def load(self, service: str, *, consume: bool = True) -> Load:
+        in_flight: dict[str, int] = defaultdict(int)
+        held = 0
+        for worker in self._sinks:
+            report = self._reports.get((worker, service))
+            if report is None:
+                continue
+            held += report.held
+            for instance, n in report.in_flight:
+                in_flight[instance] += n
+        served = self._served.pop(service, ()) if consume else self._served.get(service, ())
+        active = frozenset(served)
+        return Load(dict(in_flight), active, held)
+
+    def _on_exit(self, handle: InstanceHandle, code: int, reason: str) -> None:
+        inst = self.state.get(handle.id)
+        if inst is None:
+            return
+        ctl = self.controllers.get(inst.service)
+        if ctl is not None:
+            ctl.on_exit(handle.id, code, reason)
+
+    # ---------------------------------------------------------------- shutdown
+    async def close(self) -> None:
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+        await asyncio.gather(*(c.close() for c in self.controllers.values()))
+        for unhook in self._unhook:
+            unhook()
+        for driver in self._own_drivers:
+            try:
+                await driver.close()
+            except DriverError as e:
+                log.warning("closing driver %s: %s", driver.name, e)
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)

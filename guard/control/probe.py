@@ -1,0 +1,139 @@
+"""Readiness probes for starting instances (``container.ready``).
+
+An instance is probed every ``PROBE_INTERVAL`` (15 ms, inside the 10-20 ms the contract asks
+for) from the moment the driver started it until it answers: Knative's activator probes
+every 200 ms and Cloudflare polls every 300 ms, and that interval is most of their
+cold-start overhead. The probe also watches the instance's exit: a process that dies while
+starting fails the wake at once with its exit reason instead of waiting out the timeout.
+
+- ``http: PATH`` — ``GET PATH`` answered with a status below 400 (as Kubernetes' httpGet).
+- ``tcp: true`` — a TCP connection is accepted.
+- ``udp: PAYLOAD`` — the payload is sent (again every interval); any reply means ready.
+- ``delay: D`` — ready D after start (for apps no probe fits); combined with another
+  probe, the delay is waited first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+from guard.config.model import ReadyProbe
+from guard.drivers.base import InstanceHandle
+
+PROBE_INTERVAL = 0.015
+_ATTEMPT_TIMEOUT = 1.0  # one probe attempt; the overall deadline bounds it further
+
+
+class InstanceExited(Exception):
+    """The instance exited before it was ready; the message is the driver's reason."""
+
+
+class NotReadyInTime(Exception):
+    """The probe did not pass before the deadline."""
+
+
+async def wait_ready(
+    handle: InstanceHandle,
+    probe: ReadyProbe,
+    *,
+    timeout: float,
+    exited: asyncio.Future[str],
+    interval: float = PROBE_INTERVAL,
+) -> None:
+    """Return once ``handle`` passes ``probe``; raise ``InstanceExited`` as soon as
+    ``exited`` resolves (with the reason), ``NotReadyInTime`` after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+
+    async def pause(seconds: float) -> None:
+        # Sleep, but wake at once when the instance exits.
+        seconds = min(seconds, deadline - loop.time())
+        if seconds > 0:
+            await asyncio.wait((exited,), timeout=seconds)
+        check()
+
+    def check() -> None:
+        if exited.done():
+            raise InstanceExited(exited.result())
+        if loop.time() >= deadline:
+            raise NotReadyInTime(f"not ready within {timeout:g}s")
+
+    check()
+    if probe.delay:
+        await pause(probe.delay)
+        if probe.http is None and not probe.tcp and probe.udp is None:
+            return
+    if probe.udp is not None:
+        await _udp_probe(handle, probe.udp, interval, exited, check)
+        return
+    attempt = _http_attempt if probe.http is not None else _tcp_attempt
+    while True:
+        remaining = deadline - loop.time()
+        try:
+            ok = await asyncio.wait_for(
+                attempt(handle, probe.http or "/"), min(_ATTEMPT_TIMEOUT, max(remaining, 0.001))
+            )
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):
+            ok = False
+        if ok:
+            return
+        await pause(interval)
+
+
+async def _tcp_attempt(handle: InstanceHandle, _path: str) -> bool:
+    _reader, writer = await asyncio.open_connection(handle.host, handle.port)
+    writer.close()
+    return True
+
+
+async def _http_attempt(handle: InstanceHandle, path: str) -> bool:
+    reader, writer = await asyncio.open_connection(handle.host, handle.port)
+    try:
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: {handle.address}\r\nUser-Agent: guard-probe\r\n"
+            "Connection: close\r\n\r\n".encode("latin-1")
+        )
+        line = await reader.readline()  # b"HTTP/1.1 200 OK\r\n"
+        parts = line.split(None, 2)
+        return len(parts) >= 2 and parts[0].startswith(b"HTTP/") and 200 <= int(parts[1]) < 400
+    finally:
+        writer.close()
+
+
+class _UdpReplies(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.answered = asyncio.get_running_loop().create_future()
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        if not self.answered.done():
+            self.answered.set_result(None)
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # ICMP port unreachable while the app is not listening yet: keep probing
+
+
+async def _udp_probe(
+    handle: InstanceHandle,
+    payload: bytes,
+    interval: float,
+    exited: asyncio.Future[str],
+    check: Callable[[], None],
+) -> None:
+    loop = asyncio.get_running_loop()
+    transport, proto = await loop.create_datagram_endpoint(
+        _UdpReplies, remote_addr=(handle.host, handle.port)
+    )
+    try:
+        while True:
+            with contextlib.suppress(OSError):
+                transport.sendto(payload)
+            await asyncio.wait(
+                (proto.answered, exited), timeout=interval, return_when=asyncio.FIRST_COMPLETED
+            )
+            if proto.answered.done():
+                return
+            check()
+    finally:
+        transport.close()

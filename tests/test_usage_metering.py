@@ -1,0 +1,151 @@
+"""Usage metering end to end: a real Guard writes its ledger; the test reads it back.
+
+Traffic must match, to the byte, what the clients sent and received through Guard; an
+instance's measured CPU must match the instance's own account of its CPU time (within 5 %).
+"""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from guard.usage.ledger import UsageLedger
+from tests.conftest import GuardFactory
+from tests.helpers import REPO, fetch, wait_for
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process driver")
+
+# An HTTP server on $PORT whose /burn spins the CPU for a while and answers with the CPU
+# time the process has used since it started (its own /proc figure: utime + stime).
+BURNER = textwrap.dedent(
+    """
+    import os, time
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class H(BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path.startswith("/burn"):
+                end = time.process_time() + 0.4
+                while time.process_time() < end:
+                    pass
+            t = os.times()
+            body = repr(t.user + t.system).encode()
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+    """
+)
+
+
+def test_ledger_matches_traffic_and_cpu(guard: GuardFactory, tmp_path: Path) -> None:
+    ledger_path = tmp_path / "usage.sqlite"
+    env = {"PYTHONPATH": str(REPO)}
+    services = {
+        "demo": {
+            "container": {
+                "driver": "process",
+                "command": [sys.executable, "-m", "guard.demo", "http"],
+                "env": env,
+                "ready": {"http": "/healthz"},
+            },
+            "scale": {"min": 0, "max": 1},
+        },
+        "burn": {
+            "container": {
+                "driver": "process",
+                "command": [sys.executable, "-c", BURNER],
+                "ready": {"tcp": True},
+                "resources": {"cpu": 0.5, "memory": "256MiB"},
+            },
+            "scale": {"min": 0, "max": 1},
+        },
+    }
+    routes = [
+        {"name": "demo", "match": {"host": "demo.test"}, "service": "demo"},
+        {"name": "burn", "match": {"host": "burn.test"}, "service": "burn"},
+    ]
+    g = guard(
+        routes=routes,
+        services=services,
+        extra={"drivers": {"process": {}}, "usage": {"ledger": str(ledger_path), "flush": "200ms"}},
+    )
+    received = sent = 0
+    for size in (1000, 25_000, 1):
+        r = fetch(g.port, target=f"/bytes/{size}", host="demo.test", timeout=15)
+        assert r.status == 200 and len(r.body) == size
+        received += len(r.body)
+    body = b"u" * 12_345
+    r = fetch(g.port, "POST", "/upload", host="demo.test", body=body, timeout=15)
+    assert r.status == 200
+    sent += len(body)
+    received += len(r.body)
+    burned = 0.0
+    for _ in range(2):
+        r = fetch(g.port, target="/burn", host="burn.test", timeout=15)
+        assert r.status == 200
+        burned = float(r.body)  # cumulative: the last answer is the total
+    assert burned >= 0.8
+    g.stop()  # SIGTERM: drain, stop instances (their last slices), final flush
+    assert g.proc.returncode == 0, g.stderr[-2000:]
+
+    ledger = UsageLedger(ledger_path)
+    ledger.open()
+    try:
+        rows = {row.key: row for row in ledger.query(None, None, "service")}
+    finally:
+        ledger.close()
+    demo, burn = rows["demo"], rows["burn"]
+    assert demo.requests == 4
+    assert demo.bytes_out == received  # response body bytes, counted as they passed
+    assert demo.bytes_in == sent
+    assert burn.instances == 1
+    # The burner's own CPU time vs the driver's /proc reading, summed over slices.
+    assert burn.measured_core_ms == pytest.approx(burned * 1000, rel=0.05)
+    # Reserved: 0.5 cores for the instance's whole wall time.
+    assert burn.reserved_core_ms == pytest.approx(burn.wall_seconds * 500, rel=1e-6)
+    assert burn.measured_gb_s > 0
+
+
+def test_ledger_keeps_flushed_usage_when_guard_is_sigkilled(
+    guard: GuardFactory, tmp_path: Path
+) -> None:
+    ledger_path = tmp_path / "usage.sqlite"
+    g = guard(
+        servers=None,
+        services={
+            "app": {
+                "container": {
+                    "driver": "process",
+                    "command": [sys.executable, "-m", "guard.demo", "http"],
+                    "env": {"PYTHONPATH": str(REPO)},
+                    "ready": {"http": "/healthz"},
+                },
+            }
+        },
+        extra={"drivers": {"process": {}}, "usage": {"ledger": str(ledger_path), "flush": "100ms"}},
+    )
+    for _ in range(20):
+        assert fetch(g.port, target="/bytes/100", timeout=15).status == 200
+
+    def flushed() -> float:
+        ledger = UsageLedger(ledger_path)
+        ledger.open()
+        try:
+            rows = ledger.query(None, None, "service")
+        finally:
+            ledger.close()
+        return rows[0].requests if rows else 0
+
+    wait_for(lambda: flushed() == 20, 5, "the 20 requests to be flushed")
+    g.proc.kill()
+    g.proc.wait(5)
+    assert flushed() == 20  # what was flushed stays, counted once
