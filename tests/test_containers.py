@@ -384,3 +384,31 @@ def test_sigterm_stops_instances(guard: GuardFactory) -> None:
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     assert events(g, "stopped", "app")[0]["reason"] == "shutdown"
+
+
+# ------------------------------------------------------------------------- workers > 1
+
+
+def test_two_workers_share_one_control_plane(guard: GuardFactory) -> None:
+    """Each worker holds its own requests, but one control plane starts one instance and
+    both workers route every key to the same instance."""
+    g = guard(
+        routes=[
+            {"name": "app", "match": {"host": HOST}, "service": "app"},
+            {"name": "sbx", "match": {"host": "{key}.sbx.test"}, "service": "sbx"},
+        ],
+        services={"app": app(target_concurrency=1000), "sbx": app(per_key=True)},
+        extra={"workers": 2, "drivers": {"process": {}}},
+    )
+    results = burst(g.port, 200)
+    assert [s for s, _, _ in results] == [200] * 200
+    assert len({h["x-demo-port"] for _, h, _ in results}) == 1
+    assert len(events(g, "start", "app")) == 1
+    # New connections spread over both workers (SO_REUSEPORT): a key always lands on its
+    # one instance, whichever worker took the connection.
+    ports = {
+        key: {h["x-demo-port"] for _, h, _ in burst(g.port, 20, host=f"{key}.sbx.test")}
+        for key in ("k1", "k2")
+    }
+    assert all(len(p) == 1 for p in ports.values()) and ports["k1"] != ports["k2"]
+    assert sorted(e["key"] for e in events(g, "start", "sbx")) == ["k1", "k2"]

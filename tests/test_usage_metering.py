@@ -149,3 +149,38 @@ def test_ledger_keeps_flushed_usage_when_guard_is_sigkilled(
     g.proc.kill()
     g.proc.wait(5)
     assert flushed() == 20  # what was flushed stays, counted once
+
+
+def test_two_workers_send_their_traffic_to_the_one_ledger(
+    guard: GuardFactory, tmp_path: Path
+) -> None:
+    ledger_path = tmp_path / "usage.sqlite"
+    g = guard(
+        services={
+            "app": {
+                "container": {
+                    "driver": "process",
+                    "command": [sys.executable, "-m", "guard.demo", "http"],
+                    "env": {"PYTHONPATH": str(REPO)},
+                    "ready": {"http": "/healthz"},
+                },
+            }
+        },
+        extra={
+            "workers": 2,
+            "drivers": {"process": {}},
+            "usage": {"ledger": str(ledger_path), "flush": "100ms"},
+        },
+    )
+    for _ in range(30):  # new connections: the kernel spreads them over both workers
+        assert fetch(g.port, target="/bytes/1000", timeout=15).status == 200
+    g.stop()
+    assert g.proc.returncode == 0, g.stderr[-2000:]
+    ledger = UsageLedger(ledger_path)
+    ledger.open()
+    try:
+        (row,) = ledger.query(None, None, "service")
+    finally:
+        ledger.close()
+    assert row.requests == 30 and row.bytes_out == 30_000
+    assert row.instances == 1 and row.measured_core_ms > 0

@@ -100,6 +100,12 @@ class ControlPlane:
             sink.apply_endpoints(self._endpoints(name))
         return LocalLink(self)
 
+    def detach(self, worker: int) -> None:
+        """A worker is gone: forget it and its load, so drains do not wait for it."""
+        self._sinks.pop(worker, None)
+        for key in [k for k in self._reports if k[0] == worker]:
+            del self._reports[key]
+
     async def _driver(self, name: str) -> Driver:
         driver = self.drivers.get(name)
         if driver is not None:

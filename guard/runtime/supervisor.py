@@ -7,7 +7,9 @@ first start (a port in use, say) stops Guard with its exit code. SIGTERM drains 
 worker; SIGHUP is passed on so each reloads its routes.
 
 The supervisor also owns the admin address: workers stream their metric snapshots to it
-(``guard.metrics.relay``) and one scrape of its /metrics shows the sum of all of them.
+(``guard.metrics.relay``) and one scrape of its /metrics shows the sum of all of them. And
+it hosts the one control plane and usage ledger (``ControlHost``) when the config has
+container services or ``usage:``: workers reach it over ``guard.control.link``.
 """
 
 from __future__ import annotations
@@ -22,10 +24,16 @@ import tempfile
 from pathlib import Path
 
 from guard.admin.server import AdminPages, AdminServer
+from guard.config import load_routes
 from guard.config.model import GuardConfig
+from guard.control.link import ENV as CONTROL_SOCKET_ENV
+from guard.control.link import ControlServer
+from guard.errors import ConfigErrors
 from guard.metrics.collector import MetricsPage
 from guard.metrics.relay import ENV as METRICS_SOCKET_ENV
 from guard.metrics.relay import SnapshotHub
+from guard.metrics.snapshot import Snapshot, merge
+from guard.runtime.control_host import ControlHost, needs_control_host
 
 log = logging.getLogger("guard.supervisor")
 
@@ -45,11 +53,52 @@ class Supervisor:
         self._dir = tempfile.mkdtemp(prefix="guard-")
         self.hub = SnapshotHub(os.path.join(self._dir, "metrics.sock"))
         self.admin: AdminServer | None = None
+        self.control: ControlHost | None = None
+        self.control_server: ControlServer | None = None
+        self._reloads: set[asyncio.Task[None]] = set()
+
+    async def _start_control(self) -> None:
+        if not needs_control_host(self.config):
+            return
+        self.control = ControlHost(self.config)
+        await self.control.start()
+        self.control_server = ControlServer(
+            self.control.plane,
+            os.path.join(self._dir, "control.sock"),
+            traffic=self.control.traffic,
+        )
+        await self.control_server.start()
+
+    def _snapshot(self) -> Snapshot:
+        control = self.control
+        if control is None:
+            return self.hub.snapshot()
+        return merge([self.hub.snapshot(), control.snapshot()])
+
+    def _reload(self) -> None:
+        """SIGHUP: the control plane takes the new routes first (the workers' wakes for a
+        new service need its controller), then every worker reloads."""
+
+        async def run() -> None:
+            if self.control is not None:
+                try:
+                    routes = load_routes(
+                        self.config.routes_path, self.config.listeners, self.config.drivers
+                    )
+                except ConfigErrors as e:
+                    log.error("route reload rejected:\n%s", e)
+                else:
+                    await self.control.reload(routes)
+            self._signal_all(signal.SIGHUP)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
 
     async def _start_metrics(self) -> None:
         await self.hub.start()
         if self.config.admin is not None:
-            page = MetricsPage(self.hub.snapshot)
+            page = MetricsPage(self._snapshot)
             self.admin = AdminServer(
                 self.config.admin,
                 AdminPages(
@@ -76,11 +125,17 @@ class Supervisor:
             str(Path(self.config.path).resolve()),
             "--worker-id",
             str(worker_id),
-            env={**os.environ, METRICS_SOCKET_ENV: self.hub.path},
+            env=self._worker_env(),
         )
         self.procs[worker_id] = proc
         log.info("worker %d started (pid %d)", worker_id, proc.pid)
         return proc
+
+    def _worker_env(self) -> dict[str, str]:
+        env = {**os.environ, METRICS_SOCKET_ENV: self.hub.path}
+        if self.control_server is not None:
+            env[CONTROL_SOCKET_ENV] = self.control_server.path
+        return env
 
     async def _keep(self, worker_id: int, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -120,21 +175,31 @@ class Supervisor:
     async def run(self) -> int:
         try:
             await self._start_metrics()
+            await self._start_control()
         except OSError as e:
             print(f"guard: cannot listen: {e}", file=sys.stderr)
+            await self._stop_control()
             self._stop_metrics()
             return 1
         try:
             return await self._run()
         finally:
+            await self._stop_control()
             self._stop_metrics()
+
+    async def _stop_control(self) -> None:
+        # After the workers exited: nothing is in flight on the instances any more.
+        if self.control_server is not None:
+            self.control_server.close()
+        if self.control is not None:
+            await self.control.close()
 
     async def _run(self) -> int:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: self._signal_all(signal.SIGHUP))
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
         keepers = [asyncio.create_task(self._keep(i, stop)) for i in range(self.config.workers)]
         print(f"guard: supervising {self.config.workers} workers", file=sys.stderr, flush=True)
         await stop.wait()

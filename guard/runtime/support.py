@@ -16,12 +16,6 @@ SERVED_LISTENER_PROTOCOLS = frozenset({"http", "tcp", "udp"})
 PROXY_ACCEPT_PROTOCOLS = frozenset({"tcp"})
 
 
-def _docker_driver_built() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("guard.drivers.docker") is not None
-
-
 def _name(path: Path | None, fallback: Path) -> str:
     return str(path or fallback)
 
@@ -41,9 +35,6 @@ def unsupported(config: GuardConfig) -> list[NotSupportedYet]:
     # The admin address serves /healthz and /metrics; tokens come with the REST API.
     if config.admin is not None and config.admin.tokens:
         found.append(NotSupportedYet(main, "admin.tokens"))
-    if config.usage is not None and config.workers > 1:
-        # One writer owns the ledger; the workers' traffic reaching it is not built yet.
-        found.append(NotSupportedYet(main, "usage with workers > 1"))
     if config.tenants:
         found.append(NotSupportedYet(main, "tenants"))
     limits, timeouts = config.http.limits, config.http.timeouts
@@ -67,15 +58,6 @@ def unsupported(config: GuardConfig) -> list[NotSupportedYet]:
     }
     for svc in config.routes.services.values():
         file = _name(svc.source, config.routes_path)
-        if svc.container is not None:
-            if config.workers > 1:
-                # One control plane must own every instance; the link from several worker
-                # processes to it is not built yet.
-                found.append(
-                    NotSupportedYet(file, f"services.{svc.name}.container with workers > 1")
-                )
-            if svc.container.driver == "docker" and not _docker_driver_built():
-                found.append(NotSupportedYet(file, f"services.{svc.name}.container.driver"))
         for key in ("health", "retries", "limits", "outlier"):
             if getattr(svc, key) is not None:
                 found.append(NotSupportedYet(file, f"services.{svc.name}.{key}"))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -20,9 +19,10 @@ from pathlib import Path
 from guard.admin.server import AdminPages, AdminServer
 from guard.config import load_config, load_routes
 from guard.config.model import GuardConfig, ListenerConfig, RouteConfig, RoutesConfig
+from guard.control.link import ENV as CONTROL_SOCKET_ENV
+from guard.control.link import RemoteLink
 from guard.control.messages import ControlLink, ServiceEndpoints, WakeFailure
-from guard.control.metering import TrafficReport, UsageMeter
-from guard.control.metrics import control_snapshot
+from guard.control.metering import TrafficReport
 from guard.control.plane import REPORT_INTERVAL, ControlPlane
 from guard.errors import ConfigErrors
 from guard.http.forwarding import TrustedProxies
@@ -42,12 +42,12 @@ from guard.proxy.tcp_proxy import (
 )
 from guard.proxy.udp_proxy import UdpListenerContext, UdpListenerProtocol, udp_socket
 from guard.routing import HttpRouteTable, build_http_tables
+from guard.runtime.control_host import ControlHost, has_containers, needs_control_host
 from guard.runtime.traffic import TrafficTally
 from guard.upstream.container_service import ContainerService
 from guard.upstream.pool import UpstreamSettings
 from guard.upstream.resolver import Resolver
 from guard.upstream.service import Service
-from guard.usage.ledger import UsageLedger
 
 log = logging.getLogger("guard.worker")
 
@@ -382,23 +382,29 @@ async def serve(
     reuse_port: bool = False,
     worker_id: int = 0,
     metrics_socket: str | None = None,
+    control_socket: str | None = None,
 ) -> int:
     """Run one data-plane worker until SIGTERM/SIGINT, then drain and return 0.
 
-    Alone (``workers: 1``) it serves the admin address itself; under the supervisor it
-    streams its metrics to ``metrics_socket`` and the supervisor serves the admin address.
+    Alone (``workers: 1``) it serves the admin address itself and hosts the control plane
+    and the usage ledger; under the supervisor it streams its metrics to ``metrics_socket``
+    and reaches the supervisor's control plane on ``control_socket``.
     """
     worker = Worker(config, reuse_port=reuse_port, worker_id=worker_id)
     loop = worker.loop
-    plane: ControlPlane | None = None
-    if needs_control_plane(config):
-        # workers: 1 runs the one control plane in-process (the supervisor refuses
-        # container services with more workers until the cross-process link lands).
-        plane = ControlPlane(config)
-    meter, ledger, ledger_task = _usage(config, plane)
-    if plane is not None:
-        await plane.start()
-        worker.attach_control(plane)
+    host: ControlHost | None = None
+    remote: RemoteLink | None = None
+    send_traffic: Callable[[TrafficReport], None] | None = None
+    if control_socket:
+        remote = RemoteLink(control_socket, worker_id, worker)
+        await remote.connect()
+        worker.link = remote
+        send_traffic = remote.traffic
+    elif needs_control_host(config):
+        host = ControlHost(config)
+        await host.start()
+        worker.attach_control(host.plane)
+        send_traffic = host.traffic
     admin: AdminServer | None = None
     sender: SnapshotSender | None = None
     if metrics_socket:
@@ -406,8 +412,8 @@ async def serve(
     elif config.admin is not None:
         page = MetricsPage(
             worker.metrics.snapshot
-            if plane is None
-            else lambda: merge([worker.metrics.snapshot(), control_snapshot(plane)])
+            if host is None
+            else lambda: merge([worker.metrics.snapshot(), host.snapshot()])
         )
         admin = AdminServer(
             config.admin,
@@ -420,10 +426,8 @@ async def serve(
         )
         await admin.start()  # before the listeners: a taken admin port stops us cleanly
     await worker.start()
-    if meter is not None:
-        meter.start()
-        if ledger is not None:
-            worker.start_traffic_tally(meter.traffic, meter.interval)
+    if config.usage is not None and send_traffic is not None:
+        worker.start_traffic_tally(send_traffic, config.usage.flush)
     if sender is not None:
         sender.start()
     stop = asyncio.Event()
@@ -435,12 +439,12 @@ async def serve(
         routes = worker.read_routes()
         if routes is None:
             return
-        if plane is None and needs_control_plane(routes):
+        if worker.link is None and has_containers(routes):
             log.error("route reload rejected: container services need a restart to start")
             worker.metrics.reloads["failure"] += 1
             return
-        if plane is not None:
-            await plane.reload(routes)  # controllers first: the workers' wakes need them
+        if host is not None:
+            await host.reload(routes)  # controllers first: the worker's wakes need them
         worker.apply_routes(routes)
 
     def on_sighup() -> None:
@@ -456,50 +460,16 @@ async def serve(
     log.info("worker %d: draining (grace %.1fs)", worker_id, config.http.timeouts.drain)
     # /healthz answers 503 "draining" throughout, so load balancers stop sending first.
     await worker.drain(config.http.timeouts.drain)
-    if plane is not None:
-        await plane.close()  # after the drain: in-flight requests finished on instances
-    if meter is not None:
-        await meter.close()
-    if ledger is not None:
-        worker.flush_traffic()
-        assert ledger_task is not None
-        ledger_task.cancel()  # its last flush runs on cancel, synchronously
-        with contextlib.suppress(asyncio.CancelledError):
-            await ledger_task
-        ledger.close()
+    worker.flush_traffic()  # the last partial interval reaches the ledger too
+    if host is not None:
+        await host.close()  # after the drain: in-flight requests finished on instances
+    if remote is not None:
+        await remote.close()
     if sender is not None:
         await sender.close()
     if admin is not None:
         admin.close()
     return 0
-
-
-def _usage(
-    config: GuardConfig, plane: ControlPlane | None
-) -> tuple[UsageMeter | None, UsageLedger | None, asyncio.Task[None] | None]:
-    """The usage ledger (``usage:``) and the meter feeding it; the meter also runs without
-    a ledger when a service scales on ``target_cpu`` (it reads the instances' CPU)."""
-    ledger: UsageLedger | None = None
-    task: asyncio.Task[None] | None = None
-    if config.usage is not None:
-        ledger = UsageLedger(config.usage.ledger, flush_interval=config.usage.flush)
-        ledger.open()
-        task = asyncio.get_running_loop().create_task(ledger.run())
-    cpu_scaled = any(
-        s.scale is not None and s.scale.target_cpu is not None
-        for s in config.routes.services.values()
-    )
-    if ledger is None and not (plane is not None and cpu_scaled):
-        return None, None, None
-    meter = UsageMeter(plane, ledger, config.usage.flush if config.usage else 1.0)
-    if plane is not None:
-        plane.meter = meter
-    return meter, ledger, task
-
-
-def needs_control_plane(config: GuardConfig | RoutesConfig) -> bool:
-    routes = config.routes if isinstance(config, GuardConfig) else config
-    return any(s.container is not None for s in routes.services.values())
 
 
 def _die_with_parent() -> None:
@@ -533,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
                 reuse_port=True,
                 worker_id=args.worker_id,
                 metrics_socket=os.environ.get(METRICS_SOCKET_ENV),
+                control_socket=os.environ.get(CONTROL_SOCKET_ENV),
             )
         )
     except OSError as e:

@@ -1,0 +1,87 @@
+"""Where the control plane and the usage ledger run: one ``ControlHost`` per Guard.
+
+With ``workers: 1`` the only worker process hosts it and its data plane talks to it through
+``LocalLink``; with more workers the supervisor hosts it and serves it to the workers on a
+Unix socket (``guard.control.link``). Either way there is exactly one owner of instances
+and one writer of the ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from guard.config.model import GuardConfig, RoutesConfig
+from guard.control.metering import TrafficReport, UsageMeter
+from guard.control.metrics import control_snapshot
+from guard.control.plane import ControlPlane
+from guard.metrics.snapshot import Snapshot
+from guard.usage.ledger import UsageLedger
+
+log = logging.getLogger("guard.control")
+
+
+def has_containers(routes: RoutesConfig) -> bool:
+    return any(s.container is not None for s in routes.services.values())
+
+
+def needs_control_host(config: GuardConfig) -> bool:
+    """Container services need the control plane; ``usage:`` needs the ledger's writer."""
+    return has_containers(config.routes) or config.usage is not None
+
+
+class ControlHost:
+    def __init__(self, config: GuardConfig) -> None:
+        self.config = config
+        self.plane = ControlPlane(config)
+        self.ledger: UsageLedger | None = None
+        self.meter: UsageMeter | None = None
+        self._ledger_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        config = self.config
+        if config.usage is not None:
+            self.ledger = UsageLedger(config.usage.ledger, flush_interval=config.usage.flush)
+            self.ledger.open()
+            self._ledger_task = asyncio.get_running_loop().create_task(self.ledger.run())
+        cpu_scaled = any(
+            s.scale is not None and s.scale.target_cpu is not None
+            for s in config.routes.services.values()
+        )
+        if self.ledger is not None or cpu_scaled:
+            # The meter reads instances' CPU for the ledger and for target_cpu scaling.
+            interval = config.usage.flush if config.usage is not None else 1.0
+            self.meter = UsageMeter(self.plane, self.ledger, interval)
+            self.plane.meter = self.meter
+        await self.plane.start()
+        if self.meter is not None:
+            self.meter.start()
+
+    @property
+    def usage_interval(self) -> float | None:
+        """How often workers send traffic deltas; None without a ledger."""
+        return self.config.usage.flush if self.config.usage is not None else None
+
+    def traffic(self, report: TrafficReport) -> None:
+        if self.meter is not None:
+            self.meter.traffic(report)
+
+    def snapshot(self) -> Snapshot:
+        return control_snapshot(self.plane)
+
+    async def reload(self, routes: RoutesConfig) -> None:
+        await self.plane.reload(routes)
+
+    async def close(self) -> None:
+        """After the data plane drained: stop instances (their last usage slices), then
+        the ledger's final flush."""
+        await self.plane.close()
+        if self.meter is not None:
+            await self.meter.close()
+        if self.ledger is not None:
+            assert self._ledger_task is not None
+            self._ledger_task.cancel()  # its last flush runs on cancel, synchronously
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ledger_task
+            self.ledger.close()
