@@ -14,7 +14,7 @@ import pytest
 
 from guard.usage.ledger import UsageLedger
 from tests.conftest import GuardFactory
-from tests.helpers import REPO, fetch, wait_for
+from tests.helpers import REPO, Resp, assert_guard_error, fetch, free_port, wait_for
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process driver")
 
@@ -184,3 +184,52 @@ def test_two_workers_send_their_traffic_to_the_one_ledger(
         ledger.close()
     assert row.requests == 30 and row.bytes_out == 30_000
     assert row.instances == 1 and row.measured_core_ms > 0
+
+
+def test_admin_usage_endpoint(guard: GuardFactory, tmp_path: Path) -> None:
+    admin = free_port()
+    g = guard(
+        servers=None,
+        services={
+            "app": {
+                "container": {
+                    "driver": "process",
+                    "command": [sys.executable, "-m", "guard.demo", "http"],
+                    "env": {"PYTHONPATH": str(REPO)},
+                    "ready": {"http": "/healthz"},
+                },
+            }
+        },
+        extra={
+            "drivers": {"process": {}},
+            "usage": {"ledger": str(tmp_path / "u.sqlite"), "flush": "100ms"},
+            "admin": {"address": f"127.0.0.1:{admin}"},
+        },
+    )
+    for _ in range(5):
+        assert fetch(g.port, target="/bytes/200", timeout=15).status == 200
+
+    def usage(query: str) -> Resp:
+        return fetch(admin, target=f"/v1/usage{query}", host="admin")
+
+    wait_for(
+        lambda: (
+            usage("?by=service").json()["rows"][:1] != []
+            and usage("?by=service").json()["rows"][0]["requests"] == 5
+        ),
+        5,
+        "the requests to reach the ledger",
+    )
+    doc = usage("?by=service&since=1h&price=rivet").json()
+    (row,) = doc["rows"]
+    assert row["service"] == "app" and row["bytes_out"] == 1000
+    assert doc["rate_card"] == "rivet" and row["cost_total"] > 0
+    assert any("core-ms" in line for line in doc["rates"])
+    csv = usage("?by=service&format=csv")
+    assert csv.header("content-type").startswith("text/csv")
+    assert csv.body.splitlines()[0].startswith(b"service,")
+    assert_guard_error(usage("?by=route"), 400, "invalid_parameter")
+    assert_guard_error(usage("?since=yesterday-ish"), 400, "invalid_parameter")
+    # Rate card files are for the CLI: a request must not make Guard open a path.
+    assert_guard_error(usage("?price=/etc/passwd"), 400, "invalid_parameter")
+    assert_guard_error(usage("?color=blue"), 400, "invalid_parameter")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 
 import httptools
 
+from guard.admin.answers import REASONS, Answer, error_answer, json_answer
 from guard.config.model import AdminConfig
 
 log = logging.getLogger("guard.admin")
@@ -56,51 +56,29 @@ class AdminPages:
     # When set, /metrics is rendered through this instead (off the event loop), so a
     # large page does not stall the traffic the same loop carries.
     metrics_async: Callable[[], Awaitable[bytes]] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    status: int
-    body: bytes
-    content_type: str = "application/json"
-    extra: tuple[tuple[str, str], ...] = ()
-
-
-_REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    413: "Content Too Large",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-}
-
-
-def _json(status: int, doc: dict[str, str], *extra: tuple[str, str]) -> Answer:
-    return Answer(status, json.dumps(doc).encode(), extra=extra)
-
-
-def _error(status: int, code: str, message: str, *extra: tuple[str, str]) -> Answer:
-    return _json(status, {"error": code, "message": message}, ("x-guard-error", code), *extra)
+    # GET /v1/usage: the query string in, an answer out (read off the event loop). None
+    # when guard.yaml has no usage ledger.
+    usage: Callable[[str], Awaitable[Answer]] | None = None
 
 
 def answer(pages: AdminPages, method: str, path: str) -> Answer:
     """The routing of the admin API: pure, so it is tested without sockets."""
+    if path == "/v1/usage" and pages.usage is None:
+        return error_answer(404, "usage_not_configured", "guard.yaml has no usage ledger")
     if path not in ("/healthz", "/metrics"):
-        return _error(404, "not_found", f"no admin endpoint {path}")
+        return error_answer(404, "not_found", f"no admin endpoint {path}")
     if method not in ("GET", "HEAD"):
-        return _error(405, "method_not_allowed", f"{path} takes GET", ("allow", "GET, HEAD"))
+        return error_answer(405, "method_not_allowed", f"{path} takes GET", ("allow", "GET, HEAD"))
     if path == "/healthz":
         if pages.draining():
-            return _json(503, {"status": "draining"})
-        return _json(200, {"status": "ok"})
+            return json_answer(503, {"status": "draining"})
+        return json_answer(200, {"status": "ok"})
     return Answer(200, pages.metrics(), pages.metrics_type)
 
 
 def _response(a: Answer, *, head_only: bool, keep_alive: bool) -> bytes:
     lines = [
-        f"HTTP/1.1 {a.status} {_REASONS.get(a.status, 'Unknown')}",
+        f"HTTP/1.1 {a.status} {REASONS.get(a.status, 'Unknown')}",
         f"content-type: {a.content_type}",
         f"content-length: {len(a.body)}",
         "cache-control: no-store",
@@ -142,13 +120,13 @@ class AdminProtocol(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._fail(_error(400, "bad_request", "protocol upgrades are not served here"))
+            self._fail(error_answer(400, "bad_request", "protocol upgrades are not served here"))
             return
         except httptools.HttpParserError as e:
-            self._fail(_error(400, "bad_request", f"malformed request: {e}"))
+            self._fail(error_answer(400, "bad_request", f"malformed request: {e}"))
             return
         if self.size > MAX_REQUEST and self.transport is not None:
-            self._fail(_error(413, "body_too_large", "admin requests are at most 64 KiB"))
+            self._fail(error_answer(413, "body_too_large", "admin requests are at most 64 KiB"))
 
     # -- httptools callbacks
     def on_message_begin(self) -> None:
@@ -162,9 +140,19 @@ class AdminProtocol(asyncio.Protocol):
             return
         self.size = 0
         method = self.parser.get_method().decode("latin-1")
-        path = httptools.parse_url(self.url).path.decode("latin-1") if self.url else ""
+        url = httptools.parse_url(self.url) if self.url else None
+        path = url.path.decode("latin-1") if url is not None else ""
         keep_alive = self.parser.should_keep_alive()
         head_only = method == "HEAD"
+        usage = self.pages.usage
+        if usage is not None and path == "/v1/usage" and method in ("GET", "HEAD"):
+            query = (url.query or b"").decode("latin-1") if url is not None else ""
+            task = asyncio.get_running_loop().create_task(
+                self._deferred(usage(query), head_only, keep_alive)
+            )
+            task.add_done_callback(lambda _: self._write_ready())
+            self.out.append((task, keep_alive))
+            return
         render = self.pages.metrics_async
         if render is not None and path == "/metrics" and method in ("GET", "HEAD"):
             task = asyncio.get_running_loop().create_task(
@@ -177,7 +165,7 @@ class AdminProtocol(asyncio.Protocol):
             a = answer(self.pages, method, path)
         except Exception:
             log.exception("admin: %s %s failed", method, path)
-            a = _error(500, "internal_error", "the admin server failed to answer")
+            a = error_answer(500, "internal_error", "the admin server failed to answer")
         self.out.append((_response(a, head_only=head_only, keep_alive=keep_alive), keep_alive))
         self._write_ready()
 
@@ -188,7 +176,17 @@ class AdminProtocol(asyncio.Protocol):
             a = Answer(200, await render(), self.pages.metrics_type)
         except Exception:
             log.exception("admin: rendering /metrics failed")
-            a = _error(500, "internal_error", "the admin server failed to answer")
+            a = error_answer(500, "internal_error", "the admin server failed to answer")
+        return _response(a, head_only=head_only, keep_alive=keep_alive)
+
+    async def _deferred(
+        self, pending: Awaitable[Answer], head_only: bool, keep_alive: bool
+    ) -> bytes:
+        try:
+            a = await pending
+        except Exception:
+            log.exception("admin: answering failed")
+            a = error_answer(500, "internal_error", "the admin server failed to answer")
         return _response(a, head_only=head_only, keep_alive=keep_alive)
 
     def _write_ready(self) -> None:

@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 from guard.admin.server import AdminPages, AdminServer
+from guard.admin.usage_api import usage_page
 from guard.config import load_routes
 from guard.config.model import GuardConfig
 from guard.control.link import ENV as CONTROL_SOCKET_ENV
@@ -106,6 +107,7 @@ class Supervisor:
                     metrics_type=page.content_type,
                     metrics_async=page.render_async,
                     draining=lambda: self.stopping,
+                    usage=usage_page(self.config),
                 ),
             )
             await self.admin.start()

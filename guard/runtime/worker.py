@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from guard.admin.server import AdminPages, AdminServer
+from guard.admin.usage_api import usage_page
 from guard.config import load_config, load_routes
 from guard.config.model import GuardConfig, ListenerConfig, RouteConfig, RoutesConfig
 from guard.control.link import ENV as CONTROL_SOCKET_ENV
@@ -422,6 +423,7 @@ async def serve(
                 metrics_type=page.content_type,
                 metrics_async=page.render_async,
                 draining=lambda: worker.draining,
+                usage=usage_page(config),
             ),
         )
         await admin.start()  # before the listeners: a taken admin port stops us cleanly
