@@ -205,11 +205,18 @@ def test_latency_quantiles() -> None:
             ), (metric, q)
 
 
-def test_not_yet_exported_is_a_text_panel() -> None:
-    texts = [p for p in all_panels(load()) if p["type"] == "text"]
-    content = " ".join(p["options"]["content"].lower() for p in texts)
-    for word in ("cold start", "instances", "usage", "containers"):
-        assert word in content
+def test_containers_row_covers_cold_starts_instances_and_usage() -> None:
+    exprs = " ".join(t["expr"] for p in all_panels(load()) for t in p.get("targets", []))
+    for family in (
+        "guard_instances",
+        "guard_instance_start_duration_seconds_bucket",
+        "guard_instance_start_phase_seconds_bucket",
+        "guard_wake_queue_depth",
+        "guard_autoscaler_desired_instances",
+        "guard_instance_cpu_seconds_total",
+        "guard_instance_memory_bytes",
+    ):
+        assert family in exprs, family
 
 
 # -- the checker itself: it must reject what Guard does not export -------------------------

@@ -233,3 +233,9 @@ def test_admin_usage_endpoint(guard: GuardFactory, tmp_path: Path) -> None:
     # Rate card files are for the CLI: a request must not make Guard open a path.
     assert_guard_error(usage("?price=/etc/passwd"), 400, "invalid_parameter")
     assert_guard_error(usage("?color=blue"), 400, "invalid_parameter")
+    # The meter's readings also reach /metrics.
+    metrics = fetch(admin, target="/metrics", host="admin").body.decode()
+    cpu = [ln for ln in metrics.splitlines() if ln.startswith("guard_instance_cpu_seconds_total{")]
+    mem = [ln for ln in metrics.splitlines() if ln.startswith("guard_instance_memory_bytes{")]
+    assert cpu and float(cpu[0].split()[-1]) > 0
+    assert mem and float(mem[0].split()[-1]) > 0

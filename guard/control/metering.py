@@ -118,6 +118,8 @@ class UsageMeter:
             return None
         spec = ctl.spec
         cpu = max(0.0, reading.cpu_seconds - prev.cpu_seconds)
+        if self.plane is not None:
+            self.plane.stats.observe_usage(inst.service, inst.id, cpu, reading.memory_bytes)
         if self.ledger is not None:
             self.ledger.record(
                 InstanceSlice(

@@ -28,6 +28,13 @@ class ControlStats:
         self.wake_duration: dict[tuple[str, str], Histogram] = defaultdict(Histogram)
         self.start_phase: dict[tuple[str, str], Histogram] = defaultdict(Histogram)
         self.stops: dict[tuple[str, str], int] = defaultdict(int)
+        # From the usage meter's readings (only when it runs: usage: or target_cpu).
+        self.cpu_seconds: dict[str, float] = defaultdict(float)
+        self.memory: dict[str, dict[str, int]] = defaultdict(dict)  # service -> inst -> bytes
+
+    def observe_usage(self, service: str, instance: str, cpu: float, memory: int) -> None:
+        self.cpu_seconds[service] += cpu
+        self.memory[service][instance] = memory
 
     def observe_start(self, service: str, outcome: str, phases: dict[str, float]) -> None:
         self.wake_duration[(service, outcome)].observe(phases["total"])
@@ -38,6 +45,7 @@ class ControlStats:
     def stopped(self, inst: Instance) -> None:
         reason = inst.stop_reason if inst.stop_reason in STOP_REASONS else "exited"
         self.stops[(inst.service, reason or "exited")] += 1
+        self.memory[inst.service].pop(inst.id, None)
 
 
 def control_snapshot(plane: ControlPlane) -> Snapshot:
@@ -49,6 +57,10 @@ def control_snapshot(plane: ControlPlane) -> Snapshot:
         add(snap, "guard_instance_start_phase_seconds", labels, Hist(list(h.counts), h.sum))
     for labels, n in list(stats.stops.items()):
         add(snap, "guard_instance_stops_total", labels, n)
+    for service, seconds in list(stats.cpu_seconds.items()):
+        add(snap, "guard_instance_cpu_seconds_total", (service,), seconds)
+    for service, per_instance in list(stats.memory.items()):
+        add(snap, "guard_instance_memory_bytes", (service,), sum(per_instance.values()))
     for name, ctl in list(plane.controllers.items()):
         counts = dict.fromkeys(Phase, 0)
         for inst in ctl.instances():

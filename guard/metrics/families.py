@@ -192,6 +192,19 @@ FAMILIES: dict[str, Family] = {
             ("service", "reason"),
         ),
         Family(
+            "guard_instance_cpu_seconds_total",
+            "counter",
+            "CPU time used by a container service's instances, read from the driver"
+            " (exported when usage: or target_cpu is set).",
+            ("service",),
+        ),
+        Family(
+            "guard_instance_memory_bytes",
+            "gauge",
+            "Memory of a container service's running instances at the last reading.",
+            ("service",),
+        ),
+        Family(
             "guard_wake_queue_depth",
             "gauge",
             "Requests, connections and datagram sessions held waiting for an instance.",
