@@ -377,3 +377,39 @@ def test_exit_while_starting_fails_fast(tmp_path: Path) -> None:
         assert ctl.instances() == []
 
     run(body)
+
+
+def test_wake_started_instances_survive_the_next_autoscaler_tick() -> None:
+    async def body(loop: asyncio.AbstractEventLoop) -> None:
+        ctl, driver, _ = controller(loop, target_concurrency=10, max=5, scale_down_delay=30.0)
+        ctl.wake(None, 30)  # a burst the autoscaler's windows have not seen
+        await settle()
+        assert len(ctl.instances(Phase.READY)) == 3
+        now = loop.time()
+        for step in range(10):  # quiet ticks: the stable average is ~0
+            ctl.tick(now + step * 0.6, Load({}, frozenset(), 0))
+        await settle()
+        assert len(ctl.instances(Phase.READY)) == 3 and driver.stopped == []
+
+    run(body)
+
+
+def test_target_cpu_adds_instances() -> None:
+    async def body(loop: asyncio.AbstractEventLoop) -> None:
+        ctl, driver, _ = controller(
+            loop, target_concurrency=100, max=4, target_cpu=0.5, scale_down_delay=0.0
+        )
+        ctl.wake(None, 1)
+        await settle()
+        (inst,) = ctl.instances(Phase.READY)
+        now = loop.time()
+        for step in range(4):  # one request in flight, but the instance runs at 100% CPU
+            t = now + step * 0.6
+            ctl.observe_cpu(t, 1.0)
+            ctl.tick(t, Load({inst.id: 1}, frozenset({inst.id}), 0))
+        await settle()
+        # cpu 1.0 of the limit x 1 ready / target 0.5 -> 2 instances
+        assert len(driver.created) == 2
+        assert ctl.last_decision is not None and ctl.last_decision.desired_cpu == 2
+
+    run(body)

@@ -24,7 +24,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from guard.autoscale.kpa import Decision, KpaState, SampleWindow, decide
@@ -165,6 +165,12 @@ class ServiceController:
             return
         active = len(self.instances(Phase.STARTING, Phase.READY))
         want = min(self.scale.max, max(1, math.ceil(demand / self.scale.target_concurrency)))
+        if want > active:
+            # The autoscaler's windows have not seen this burst yet: record the count as one
+            # of its decisions, so scale_down_delay keeps these instances instead of the
+            # next tick draining what the wake just started.
+            record = (*self._kpa.delay_record, (now, want))
+            self._kpa = replace(self._kpa, delay_record=record)
         for _ in range(want - active):
             self._start(None, "wake")
 
