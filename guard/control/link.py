@@ -24,6 +24,7 @@ from guard.control.messages import (
     Endpoint,
     LoadReport,
     ServiceEndpoints,
+    ServiceHealth,
     WakeFailure,
 )
 
@@ -130,6 +131,9 @@ class _WorkerSink:
     def wake_failed(self, failure: WakeFailure) -> None:
         self._send(encode_failure(failure))
 
+    def apply_health(self, update: ServiceHealth) -> None:
+        self._send(_line({"t": "health", "service": update.service, "down": update.down}))
+
     def _send(self, data: bytes) -> None:
         if not self.writer.is_closing():
             self.writer.write(data)
@@ -233,6 +237,9 @@ class RemoteLink:
                     self.sink.apply_endpoints(decode_endpoints(doc))
                 elif kind == "fail":
                     self.sink.wake_failed(decode_failure(doc))
+                elif kind == "health":
+                    down = tuple(str(n) for n in doc["down"])
+                    self.sink.apply_health(ServiceHealth(str(doc["service"]), down))
         except (ValueError, KeyError, TypeError, OSError) as e:
             log.error("control link to the supervisor broke: %s", e)
             return

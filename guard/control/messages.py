@@ -48,6 +48,14 @@ class WakeFailure:
 
 
 @dataclass(frozen=True, slots=True)
+class ServiceHealth:
+    """The servers of a static service that active health checks took out."""
+
+    service: str
+    down: tuple[str, ...]  # backend names ("host:port", as in servers:)
+
+
+@dataclass(frozen=True, slots=True)
 class LoadReport:
     """One worker's view of one container service, sent periodically and after every
     endpoint update it applies (so a drain can tell when nothing is left in flight)."""
@@ -77,3 +85,5 @@ class DataPlaneSink(Protocol):
     def apply_endpoints(self, update: ServiceEndpoints) -> None: ...
 
     def wake_failed(self, failure: WakeFailure) -> None: ...
+
+    def apply_health(self, update: ServiceHealth) -> None: ...

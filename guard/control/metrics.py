@@ -61,6 +61,11 @@ def control_snapshot(plane: ControlPlane) -> Snapshot:
         add(snap, "guard_instance_cpu_seconds_total", (service,), seconds)
     for service, per_instance in list(stats.memory.items()):
         add(snap, "guard_instance_memory_bytes", (service,), sum(per_instance.values()))
+    for name, checker in list(plane.health.items()):
+        for server in checker.servers:
+            add(snap, "guard_backend_up", (name, server.name), 1 if server.up else 0)
+            for result, n in server.checks.items():
+                add(snap, "guard_health_checks_total", (name, result), n)
     for name, ctl in list(plane.controllers.items()):
         counts = dict.fromkeys(Phase, 0)
         for inst in ctl.instances():

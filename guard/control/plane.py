@@ -21,12 +21,14 @@ from pathlib import Path
 
 from guard.config.model import GuardConfig, RoutesConfig, ServiceConfig
 from guard.control.controller import Load, ServiceController
+from guard.control.health import HealthChecker
 from guard.control.messages import (
     ControlLink,
     DataPlaneSink,
     Endpoint,
     LoadReport,
     ServiceEndpoints,
+    ServiceHealth,
     WakeFailure,
 )
 from guard.control.metering import UsageMeter
@@ -77,6 +79,7 @@ class ControlPlane:
         self._own_drivers: list[Driver] = []
         self._workdir: Path | None = None
         self.controllers: dict[str, ServiceController] = {}
+        self.health: dict[str, HealthChecker] = {}
         self._sinks: dict[int, DataPlaneSink] = {}
         self._reports: dict[tuple[int, str], LoadReport] = {}
         self._served: dict[str, set[str]] = defaultdict(set)
@@ -98,6 +101,8 @@ class ControlPlane:
         self._sinks[worker] = sink
         for name in self.controllers:
             sink.apply_endpoints(self._endpoints(name))
+        for name, checker in self.health.items():
+            sink.apply_health(ServiceHealth(name, checker.down()))
         return LocalLink(self)
 
     def detach(self, worker: int) -> None:
@@ -148,6 +153,33 @@ class ControlPlane:
             self.controllers[name] = await self._controller(cfg)
         for name in wanted:
             self.publish(name)
+        self._apply_health(routes)
+
+    def _apply_health(self, routes: RoutesConfig) -> None:
+        """One checker per static service with ``health:``; a changed config restarts it."""
+        wanted = {n: s for n, s in routes.services.items() if s.health is not None and s.servers}
+        for name, checker in list(self.health.items()):
+            cfg = wanted.get(name)
+            if (
+                cfg is None
+                or cfg.health != checker.config
+                or len(cfg.servers) != len(checker.servers)
+                or any(str(a) != b.name for a, b in zip(cfg.servers, checker.servers, strict=False))
+            ):
+                checker.stop()
+                del self.health[name]
+                self.publish_health(name)  # back to all up until the new checker decides
+        for name, cfg in wanted.items():
+            if name not in self.health:
+                checker = HealthChecker(cfg, self.publish_health)
+                self.health[name] = checker
+                checker.start()
+
+    def publish_health(self, service: str) -> None:
+        checker = self.health.get(service)
+        update = ServiceHealth(service, checker.down() if checker is not None else ())
+        for sink in list(self._sinks.values()):
+            sink.apply_health(update)
 
     async def _controller(self, cfg: ServiceConfig) -> ServiceController:
         assert cfg.container is not None
@@ -278,6 +310,8 @@ class ControlPlane:
     async def close(self) -> None:
         if self._tick_task is not None:
             self._tick_task.cancel()
+        for checker in self.health.values():
+            checker.stop()
         await asyncio.gather(*(c.close() for c in self.controllers.values()))
         for unhook in self._unhook:
             unhook()

@@ -68,31 +68,31 @@ async def wait_ready(
     if probe.udp is not None:
         await _udp_probe(handle, probe.udp, interval, exited, check)
         return
-    attempt = _http_attempt if probe.http is not None else _tcp_attempt
     while True:
         remaining = deadline - loop.time()
-        try:
-            ok = await asyncio.wait_for(
-                attempt(handle, probe.http or "/"), min(_ATTEMPT_TIMEOUT, max(remaining, 0.001))
-            )
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):
-            ok = False
-        if ok:
+        if await check_once(
+            handle.host, handle.port, probe.http, min(_ATTEMPT_TIMEOUT, max(remaining, 0.001))
+        ):
             return
         await pause(interval)
 
 
-async def _tcp_attempt(handle: InstanceHandle, _path: str) -> bool:
-    _reader, writer = await asyncio.open_connection(handle.host, handle.port)
-    writer.close()
-    return True
-
-
-async def _http_attempt(handle: InstanceHandle, path: str) -> bool:
-    reader, writer = await asyncio.open_connection(handle.host, handle.port)
+async def check_once(host: str, port: int, http_path: str | None, timeout: float) -> bool:
+    """One probe: ``GET http_path`` answered below 400, or (no path) a TCP connect."""
     try:
+        return await asyncio.wait_for(_attempt(host, port, http_path), timeout)
+    except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):
+        return False
+
+
+async def _attempt(host: str, port: int, path: str | None) -> bool:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        if path is None:
+            return True
+        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         writer.write(
-            f"GET {path} HTTP/1.1\r\nHost: {handle.address}\r\nUser-Agent: guard-probe\r\n"
+            f"GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: guard-probe\r\n"
             "Connection: close\r\n\r\n".encode("latin-1")
         )
         line = await reader.readline()  # b"HTTP/1.1 200 OK\r\n"

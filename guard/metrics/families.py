@@ -165,6 +165,18 @@ FAMILIES: dict[str, Family] = {
             "Requests or tcp/udp relays using the backend now.",
             ("service", "backend"),
         ),
+        Family(
+            "guard_backend_up",
+            "gauge",
+            "1 while active health checks find the server up, 0 while it is taken out.",
+            ("service", "backend"),
+        ),
+        Family(
+            "guard_health_checks_total",
+            "counter",
+            "Active health checks by result (ok, fail).",
+            ("service", "result"),
+        ),
         # -- container services (the control plane; queue rejections from the workers)
         Family(
             "guard_instances",

@@ -22,13 +22,17 @@ from guard.usage.ledger import UsageLedger
 log = logging.getLogger("guard.control")
 
 
-def has_containers(routes: RoutesConfig) -> bool:
-    return any(s.container is not None for s in routes.services.values())
+def needs_control_plane(routes: RoutesConfig) -> bool:
+    """Container services (their lifecycle) and health checks run in the control plane."""
+    return any(
+        s.container is not None or (s.health is not None and s.servers)
+        for s in routes.services.values()
+    )
 
 
 def needs_control_host(config: GuardConfig) -> bool:
-    """Container services need the control plane; ``usage:`` needs the ledger's writer."""
-    return has_containers(config.routes) or config.usage is not None
+    """The control plane, or ``usage:`` (the ledger's one writer)."""
+    return needs_control_plane(config.routes) or config.usage is not None
 
 
 class ControlHost:

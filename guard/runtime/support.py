@@ -58,7 +58,11 @@ def unsupported(config: GuardConfig) -> list[NotSupportedYet]:
     }
     for svc in config.routes.services.values():
         file = _name(svc.source, config.routes_path)
-        for key in ("health", "retries", "limits", "outlier"):
+        if svc.health is not None and svc.container is not None:
+            # Instances have their ready probe; health checks of running instances
+            # (replace on failure) are not built yet.
+            found.append(NotSupportedYet(file, f"services.{svc.name}.health"))
+        for key in ("retries", "limits", "outlier"):
             if getattr(svc, key) is not None:
                 found.append(NotSupportedYet(file, f"services.{svc.name}.{key}"))
         if svc.proxy_protocol is not None and svc.name in http_services:

@@ -22,7 +22,7 @@ from guard.config import load_config, load_routes
 from guard.config.model import GuardConfig, ListenerConfig, RouteConfig, RoutesConfig
 from guard.control.link import ENV as CONTROL_SOCKET_ENV
 from guard.control.link import RemoteLink
-from guard.control.messages import ControlLink, ServiceEndpoints, WakeFailure
+from guard.control.messages import ControlLink, ServiceEndpoints, ServiceHealth, WakeFailure
 from guard.control.metering import TrafficReport
 from guard.control.plane import REPORT_INTERVAL, ControlPlane
 from guard.errors import ConfigErrors
@@ -43,7 +43,7 @@ from guard.proxy.tcp_proxy import (
 )
 from guard.proxy.udp_proxy import UdpListenerContext, UdpListenerProtocol, udp_socket
 from guard.routing import HttpRouteTable, build_http_tables
-from guard.runtime.control_host import ControlHost, has_containers, needs_control_host
+from guard.runtime.control_host import ControlHost, needs_control_host, needs_control_plane
 from guard.runtime.traffic import TrafficTally
 from guard.upstream.container_service import ContainerService
 from guard.upstream.pool import UpstreamSettings
@@ -96,6 +96,7 @@ class Worker:
         self.draining = False
         self.stopped = False
         self._early_endpoints: dict[str, ServiceEndpoints] = {}
+        self._health: dict[str, ServiceHealth] = {}  # latest verdict per static service
         self._tally: TrafficTally | None = None
         self._tally_timer: asyncio.TimerHandle | None = None
         self.metrics = WorkerMetrics(self)
@@ -125,13 +126,16 @@ class Worker:
                     worker_id=self.worker_id,
                 )
             elif cfg.servers:
-                services[name] = Service(
+                svc = services[name] = Service(
                     cfg,
                     self.upstream_settings,
                     loop=self.loop,
                     resolver=self.resolver,
                     sweeper=self.sweeper,
                 )
+                health = self._health.get(name)
+                if health is not None:
+                    svc.set_down(health.down)  # rebuilt on reload: keep the last verdict
         http_listeners = {
             n for n, lc in self.config.listeners.items() if lc.protocol in HTTP_PROTOCOLS
         }
@@ -171,6 +175,12 @@ class Worker:
             svc.apply_endpoints(update)
         else:
             self._early_endpoints[update.service] = update  # before start(): applied there
+
+    def apply_health(self, update: ServiceHealth) -> None:
+        self._health[update.service] = update
+        svc = self.services.get(update.service)
+        if isinstance(svc, Service):
+            svc.set_down(update.down)
 
     def wake_failed(self, failure: WakeFailure) -> None:
         svc = self.services.get(failure.service)
@@ -441,8 +451,11 @@ async def serve(
         routes = worker.read_routes()
         if routes is None:
             return
-        if worker.link is None and has_containers(routes):
-            log.error("route reload rejected: container services need a restart to start")
+        if worker.link is None and needs_control_plane(routes):
+            log.error(
+                "route reload rejected: container services and health checks need the"
+                " control plane; restart Guard to start it"
+            )
             worker.metrics.reloads["failure"] += 1
             return
         if host is not None:

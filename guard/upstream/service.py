@@ -14,7 +14,7 @@ from guard.upstream.resolver import Resolver
 class Service:
     """Static backends (``servers:``) behind one balancer, one pool per backend."""
 
-    __slots__ = ("_pools", "balancer", "config", "name")
+    __slots__ = ("_pools", "balancer", "config", "down", "name")
 
     wakeable = False  # static servers are there or not: nothing to wake (ContainerService is)
 
@@ -35,6 +35,13 @@ class Service:
             b: UpstreamPool(b, settings, loop=loop, resolver=resolver, sweeper=sweeper)
             for b in backends
         }
+        self.down: frozenset[str] = frozenset()
+
+    def set_down(self, names: tuple[str, ...]) -> None:
+        """Active health checks' verdict: these servers take no new work."""
+        self.down = frozenset(names)
+        for backend in self._pools:
+            backend.available = backend.name not in self.down
 
     def pick(
         self, headers: list[tuple[bytes, bytes]], client_ip: str, path: bytes
