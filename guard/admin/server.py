@@ -59,10 +59,17 @@ class AdminPages:
     # GET /v1/usage: the query string in, an answer out (read off the event loop). None
     # when guard.yaml has no usage ledger.
     usage: Callable[[str], Awaitable[Answer]] | None = None
+    # GET /v1/services[/NAME], /v1/routes[/NAME]: (method, path) -> answer, or None for a
+    # path it does not serve. None when no control plane runs in this process.
+    state: Callable[[str, str], Answer | None] | None = None
 
 
 def answer(pages: AdminPages, method: str, path: str) -> Answer:
     """The routing of the admin API: pure, so it is tested without sockets."""
+    if pages.state is not None:
+        found = pages.state(method, path)
+        if found is not None:
+            return found
     if path == "/v1/usage" and pages.usage is None:
         return error_answer(404, "usage_not_configured", "guard.yaml has no usage ledger")
     if path not in ("/healthz", "/metrics"):

@@ -78,6 +78,7 @@ class ControlPlane:
         self.drivers: dict[str, Driver] = dict(drivers or {})
         self._own_drivers: list[Driver] = []
         self._workdir: Path | None = None
+        self.routes: RoutesConfig = config.routes  # the route files in force
         self.controllers: dict[str, ServiceController] = {}
         self.health: dict[str, HealthChecker] = {}
         self._sinks: dict[int, DataPlaneSink] = {}
@@ -138,6 +139,7 @@ class ControlPlane:
         return driver
 
     async def _apply(self, routes: RoutesConfig) -> None:
+        self.routes = routes
         wanted = {n: s for n, s in routes.services.items() if s.container is not None}
         for name, ctl in list(self.controllers.items()):
             if name not in wanted:

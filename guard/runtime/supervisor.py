@@ -23,7 +23,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from guard.admin.answers import Answer
 from guard.admin.server import AdminPages, AdminServer
+from guard.admin.state_api import StateApi
 from guard.admin.usage_api import usage_page
 from guard.config import load_routes
 from guard.config.model import GuardConfig
@@ -76,6 +78,12 @@ class Supervisor:
             return self.hub.snapshot()
         return merge([self.hub.snapshot(), control.snapshot()])
 
+    def _state(self, method: str, path: str) -> Answer | None:
+        # The control host starts after the admin server: answer once it exists.
+        if self.control is None:
+            return None
+        return StateApi(self.control.plane).answer(method, path)
+
     def _reload(self) -> None:
         """SIGHUP: the control plane takes the new routes first (the workers' wakes for a
         new service need its controller), then every worker reloads."""
@@ -108,6 +116,7 @@ class Supervisor:
                     metrics_async=page.render_async,
                     draining=lambda: self.stopping,
                     usage=usage_page(self.config),
+                    state=self._state,
                 ),
             )
             await self.admin.start()

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from guard.admin.server import AdminPages, AdminServer
+from guard.admin.state_api import StateApi
 from guard.admin.usage_api import usage_page
 from guard.config import load_config, load_routes
 from guard.config.model import GuardConfig, ListenerConfig, RouteConfig, RoutesConfig
@@ -434,6 +435,7 @@ async def serve(
                 metrics_async=page.render_async,
                 draining=lambda: worker.draining,
                 usage=usage_page(config),
+                state=StateApi(host.plane).answer if host is not None else None,
             ),
         )
         await admin.start()  # before the listeners: a taken admin port stops us cleanly
