@@ -228,6 +228,34 @@ def test_sighup_reloads_routes_and_keeps_old_table_on_error(
         g.stop()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_route_file_change_reloads_without_a_signal(
+    tmp_path: Path, demo_backend: int, workers: int
+) -> None:
+    port = free_port()
+    cfg = write_config(tmp_path, port, demo_backend, workers=workers)
+    routes = tmp_path / "routes" / "main.yaml"
+    routes.write_text(
+        f"routes:\n  - {{name: a, listener: web, service: demo, match: {{host: a.localhost}}}}\n"
+        f'services:\n  demo: {{servers: ["127.0.0.1:{demo_backend}"]}}\n'
+    )
+    g = Proc(guard_cmd("run", "--config", str(cfg)))
+    try:
+        wait_port(port, g.proc)
+        assert get(port, "/", host="a.localhost")[0] == 200
+        # A new file in the route directory, as a deploy tool would add it.
+        (tmp_path / "routes" / "more.yaml").write_text(
+            "routes:\n  - {name: b, listener: web, service: demo, match: {host: b.localhost}}\n"
+        )
+        deadline = time.monotonic() + 8
+        while get(port, "/", host="b.localhost")[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert get(port, "/", host="b.localhost")[0] == 200
+        assert get(port, "/", host="a.localhost")[0] == 200
+    finally:
+        g.stop()
+
+
 def _worker_pids(supervisor: int) -> list[int]:
     out = subprocess.run(["pgrep", "-P", str(supervisor)], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]

@@ -37,6 +37,7 @@ from guard.metrics.relay import ENV as METRICS_SOCKET_ENV
 from guard.metrics.relay import SnapshotHub
 from guard.metrics.snapshot import Snapshot, merge
 from guard.runtime.control_host import ControlHost, needs_control_host
+from guard.runtime.watch import RouteWatcher
 
 log = logging.getLogger("guard.supervisor")
 
@@ -211,9 +212,12 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
+        watcher = RouteWatcher(self.config.routes_path, self._reload)
+        watcher.start()
         keepers = [asyncio.create_task(self._keep(i, stop)) for i in range(self.config.workers)]
         print(f"guard: supervising {self.config.workers} workers", file=sys.stderr, flush=True)
         await stop.wait()
+        watcher.stop()
         self.stopping = True
         self._signal_all(signal.SIGTERM)
         grace = self.config.http.timeouts.drain + 5.0

@@ -46,6 +46,7 @@ from guard.proxy.udp_proxy import UdpListenerContext, UdpListenerProtocol, udp_s
 from guard.routing import HttpRouteTable, build_http_tables
 from guard.runtime.control_host import ControlHost, needs_control_host, needs_control_plane
 from guard.runtime.traffic import TrafficTally
+from guard.runtime.watch import RouteWatcher
 from guard.upstream.container_service import ContainerService
 from guard.upstream.pool import UpstreamSettings
 from guard.upstream.resolver import Resolver
@@ -470,12 +471,18 @@ async def serve(
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    watcher: RouteWatcher | None = None
+    if not metrics_socket:  # alone; under the supervisor it watches and signals us
+        watcher = RouteWatcher(config.routes_path, on_sighup)
+        watcher.start()
     if worker_id == 0:
         listeners = len(worker.servers) + len(worker.udp_contexts)
         print(f"guard: serving ({listeners} listeners)", file=sys.stderr, flush=True)
     await stop.wait()
     log.info("worker %d: draining (grace %.1fs)", worker_id, config.http.timeouts.drain)
     # /healthz answers 503 "draining" throughout, so load balancers stop sending first.
+    if watcher is not None:
+        watcher.stop()
     await worker.drain(config.http.timeouts.drain)
     worker.flush_traffic()  # the last partial interval reaches the ledger too
     if host is not None:
