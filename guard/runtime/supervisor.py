@@ -92,8 +92,11 @@ class Supervisor:
         async def run() -> None:
             if self.control is not None:
                 try:
-                    routes = load_routes(
-                        self.config.routes_path, self.config.listeners, self.config.drivers
+                    routes = await asyncio.to_thread(
+                        load_routes,
+                        self.config.routes_path,
+                        self.config.listeners,
+                        self.config.drivers,
                     )
                 except ConfigErrors as e:
                     log.error("route reload rejected:\n%s", e)

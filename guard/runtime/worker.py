@@ -451,7 +451,9 @@ async def serve(
     reloads: set[asyncio.Task[None]] = set()
 
     async def reload() -> None:
-        routes = worker.read_routes()
+        # Parsing and validating route files is the slow part (YAML): off the event loop,
+        # so traffic keeps flowing while a large table loads.
+        routes = await asyncio.to_thread(worker.read_routes)
         if routes is None:
             return
         if worker.link is None and needs_control_plane(routes):
