@@ -123,6 +123,27 @@ def test_failed_flush_keeps_the_batch_for_the_next_one(
     led.close()
 
 
+def test_disk_full_keeps_usage_and_retries(tmp_path: Path) -> None:
+    """SQLITE_FULL ("database or disk is full") as on a full disk: max_page_count caps the
+    file, so the failure is the real one, from SQLite's own write path."""
+    led = UsageLedger(tmp_path / "usage.sqlite")
+    led.open()
+    assert led._conn is not None
+    pages = led._conn.execute("PRAGMA page_count").fetchone()[0]
+    led._conn.execute(f"PRAGMA max_page_count = {pages}")  # no room for one more page
+    for i in range(500):
+        led.record(inst(i))
+    assert led.flush() == 0
+    assert led.write_errors == 1 and led.pending == 500 and led.written == 0
+    for i in range(500, 600):  # traffic keeps being recorded meanwhile
+        led.record(inst(i))
+    led._conn.execute("PRAGMA max_page_count = 1073741823")  # space again
+    assert led.flush() == 600
+    assert led.pending == 0 and led.written == 600 and led.dropped == 0
+    assert counts(led.path) == (600, 0)
+    led.close()
+
+
 def test_full_buffer_drops_the_oldest_and_says_so(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -177,6 +177,31 @@ FAMILIES: dict[str, Family] = {
             "Active health checks by result (ok, fail).",
             ("service", "result"),
         ),
+        # -- usage ledger
+        Family(
+            "guard_usage_slices_written_total",
+            "counter",
+            "Usage slices committed to the ledger.",
+            (),
+        ),
+        Family(
+            "guard_usage_write_errors_total",
+            "counter",
+            "Ledger flushes that failed (disk full, locked); their slices were kept and retried.",
+            (),
+        ),
+        Family(
+            "guard_usage_pending_slices",
+            "gauge",
+            "Usage slices recorded and not yet written.",
+            (),
+        ),
+        Family(
+            "guard_usage_dropped_slices_total",
+            "counter",
+            "Usage slices dropped because the unwritten buffer was full (data lost).",
+            (),
+        ),
         # -- container services (the control plane; queue rejections from the workers)
         Family(
             "guard_instances",

@@ -16,7 +16,7 @@ from guard.config.model import GuardConfig, RoutesConfig
 from guard.control.metering import TrafficReport, UsageMeter
 from guard.control.metrics import control_snapshot
 from guard.control.plane import ControlPlane
-from guard.metrics.snapshot import Snapshot
+from guard.metrics.snapshot import Snapshot, add
 from guard.usage.ledger import UsageLedger
 
 log = logging.getLogger("guard.control")
@@ -72,7 +72,14 @@ class ControlHost:
             self.meter.traffic(report)
 
     def snapshot(self) -> Snapshot:
-        return control_snapshot(self.plane)
+        snap = control_snapshot(self.plane)
+        ledger = self.ledger
+        if ledger is not None:
+            add(snap, "guard_usage_slices_written_total", (), ledger.written)
+            add(snap, "guard_usage_write_errors_total", (), ledger.write_errors)
+            add(snap, "guard_usage_pending_slices", (), ledger.pending)
+            add(snap, "guard_usage_dropped_slices_total", (), ledger.dropped)
+        return snap
 
     async def reload(self, routes: RoutesConfig) -> None:
         await self.plane.reload(routes)

@@ -195,6 +195,8 @@ class UsageLedger:
         self._conn: sqlite3.Connection | None = None
         self._dropped = 0
         self._dropped_logged = 0
+        self.written = 0  # rows inserted, for metrics
+        self.write_errors = 0  # failed flushes (disk full, locked): their batch was kept
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -299,8 +301,9 @@ class UsageLedger:
             if not batch:
                 return 0
             try:
-                return _write(conn, batch)
+                written = _write(conn, batch)
             except sqlite3.Error as e:
+                self.write_errors += 1
                 self._requeue(batch)
                 log.error(
                     "usage ledger %s: writing %d slices failed, kept for the next flush: %s",
@@ -309,6 +312,8 @@ class UsageLedger:
                     e,
                 )
                 return 0
+            self.written += written
+            return written
 
     def _requeue(self, batch: list[Slice]) -> None:
         with self._lock:
