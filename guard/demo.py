@@ -12,8 +12,18 @@ HTTP endpoints:
 - ``/stream?chunks=N&interval=S``   chunked body, one line ``chunk i\\n`` per chunk, S seconds apart
 - ``/status/CODE``                  that status, empty body
 - ``/slow?delay=S``                 answers after S seconds
+- ``/ws``                           WebSocket echo (wsproto): each message comes back as it
+                                    was sent (text or binary, fragments as they arrive),
+                                    pings are answered, a close is answered with its code.
+                                    Text messages starting with ``!`` are commands instead:
+                                    ``!close CODE [REASON]`` closes with that code, ``!send N``
+                                    sends a binary message of N pattern bytes, ``!drop``
+                                    cuts the TCP connection without a close frame
 - anything else                     JSON echo of the request (method, raw target, headers in
                                     received order and case, body, body_length, port)
+
+An upgrade request to any other path is answered as a plain request, with
+``Connection: close`` (the demo speaks no other protocol).
 
 Every response carries ``X-Demo-Port`` so tests can tell instances apart.
 
@@ -28,6 +38,7 @@ import asyncio
 import base64
 import collections
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -39,6 +50,9 @@ from typing import cast
 from urllib.parse import parse_qs, urlsplit
 
 import httptools
+from wsproto.connection import Connection as WsConnection
+from wsproto.connection import ConnectionState, ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, Message, Ping, TextMessage
 
 try:
     import uvloop
@@ -72,6 +86,7 @@ class Request:
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     body: bytearray = field(default_factory=bytearray)
     keep_alive: bool = True
+    upgrade: bool = False
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -92,6 +107,8 @@ class HttpProtocol(asyncio.Protocol):
         self.can_write = asyncio.Event()
         self.can_write.set()
         self.port_header = b"X-Demo-Port: %d\r\n" % port
+        self.upgrade_tail: bytes | None = None  # bytes after an upgrade request, held
+        self.ws: WsConnection | None = None  # set once /ws switched the connection
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -110,17 +127,30 @@ class HttpProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.can_write.clear()
+        if self.ws is not None and self.transport is not None:
+            self.transport.pause_reading()  # an echo that is not read: stop taking more
 
     def resume_writing(self) -> None:
         self.can_write.set()
+        if self.ws is not None and self.transport is not None:
+            self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        if self.ws is not None:
+            ws_received(self, data)
+            return
+        if self.upgrade_tail is not None:
+            self.upgrade_tail += data  # the upgrade request is not answered yet
+            return
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # The demo speaks no upgraded protocol in http mode: the upgrade request itself
-            # was answered as a normal request; nothing after it can be parsed as HTTP.
-            self._enqueue_close()
+        except httptools.HttpParserUpgrade as e:
+            if self.ws is not None:  # /ws switched while the request completed
+                ws_received(self, data[e.args[0] :])
+            else:
+                # Kept for /ws if it is still queued; any other answer closes (see head()).
+                self.upgrade_tail = data[e.args[0] :]
+                self._enqueue_close()
         except httptools.HttpParserError:
             self._bad_request()
 
@@ -145,6 +175,9 @@ class HttpProtocol(asyncio.Protocol):
         req.method = self.parser.get_method().decode("ascii", "replace")
         req.version = self.parser.get_http_version()
         req.keep_alive = self.parser.should_keep_alive()
+        req.upgrade = self.parser.should_upgrade()
+        if req.upgrade and req.url.split(b"?", 1)[0] != b"/ws":
+            req.keep_alive = False  # answered as a plain request; nothing can follow it
         # Only send 100 Continue when nothing is ahead of this request; otherwise it would
         # land in the middle of an earlier response. Clients fall back to sending anyway.
         if (
@@ -413,11 +446,74 @@ def echo(conn: HttpProtocol, req: Request) -> None:
     conn.respond(req, 200, json.dumps(doc).encode(), b"application/json")
 
 
+# -- websocket ------------------------------------------------------------------------------
+
+_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def websocket(conn: HttpProtocol, req: Request) -> None:
+    """The opening handshake of /ws; the connection then speaks WebSocket (wsproto)."""
+    headers = {n.lower(): v for n, v in req.headers}
+    key = headers.get(b"sec-websocket-key")
+    if not req.upgrade or headers.get(b"upgrade", b"").lower() != b"websocket" or key is None:
+        req.keep_alive = False
+        conn.respond(req, 400, b"/ws needs a websocket upgrade\n")
+        return
+    accept = base64.b64encode(hashlib.sha1(key.strip() + _WS_GUID).digest())
+    conn.write(
+        b"HTTP/1.1 101 Switching Protocols\r\n%sUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: %s\r\n\r\n" % (conn.port_header, accept)
+    )
+    conn.ws = WsConnection(ConnectionType.SERVER)
+    req.keep_alive = True  # (the connection lives on as a WebSocket)
+    tail, conn.upgrade_tail = conn.upgrade_tail, None
+    if conn.queue and not conn.queue[-1].method:
+        conn.queue.pop()  # the close queued for an upgrade nobody took: this one is taken
+    if tail:
+        ws_received(conn, tail)
+
+
+def ws_received(conn: HttpProtocol, data: bytes) -> None:
+    ws = conn.ws
+    assert ws is not None
+    if ws.state is ConnectionState.CLOSED:
+        return
+    ws.receive_data(data)
+    for event in ws.events():
+        if isinstance(event, TextMessage) and event.message_finished and event.data[:1] == "!":
+            ws_command(conn, ws, event.data)
+        elif isinstance(event, Message):
+            conn.write(ws.send(event))  # the same data, fin and type: an echo
+        elif isinstance(event, Ping):
+            conn.write(ws.send(event.response()))
+        elif isinstance(event, CloseConnection):
+            if ws.state is ConnectionState.REMOTE_CLOSING:
+                conn.write(ws.send(event.response()))
+            conn.close()  # the server closes the TCP connection first (RFC 6455 7.1.1)
+            return
+
+
+def ws_command(conn: HttpProtocol, ws: WsConnection, command: str) -> None:
+    name, _, arg = command[1:].partition(" ")
+    if name == "close":
+        code, _, reason = arg.partition(" ")
+        conn.write(ws.send(CloseConnection(code=int(code or 1000), reason=reason)))
+    elif name == "send":
+        n = int(arg)
+        conn.write(ws.send(BytesMessage(data=(PATTERN * (n // len(PATTERN) + 1))[:n])))
+    elif name == "drop" and conn.transport is not None:
+        conn.transport.abort()
+    else:
+        conn.write(ws.send(TextMessage(data=command)))  # not a command: echoed
+
+
 def dispatch(conn: HttpProtocol, req: Request) -> Awaitable[None] | None:
     """Answer `req`. Returns None when the answer is fully written already, or an awaitable
     that finishes it (slow, streaming, or blocked on backpressure)."""
     path = req.url.split(b"?", 1)[0]
-    if path == b"/healthz":
+    if path == b"/ws":
+        websocket(conn, req)
+    elif path == b"/healthz":
         healthz(conn, req)
     elif path.startswith(b"/bytes/"):
         return send_bytes(conn, req)
@@ -543,17 +639,12 @@ async def serve_udp(host: str, port: int) -> None:
         transport.close()
 
 
-async def serve_ws(host: str, port: int) -> None:
-    # Hook for the websocket echo mode (wsproto), planned; see MODES.
-    raise NotImplementedError("ws mode is not implemented yet")
-
-
-# Mode name -> server coroutine. New modes (ws) plug in here and in nowhere else.
+# Mode name -> server coroutine. New modes plug in here and in nowhere else. (WebSocket is
+# no mode of its own: http serves it on /ws, as an origin behind a proxy would.)
 MODES: dict[str, Callable[[str, int], Awaitable[None]]] = {
     "http": serve_http,
     "tcp": serve_tcp,
     "udp": serve_udp,
-    "ws": serve_ws,
 }
 
 

@@ -551,6 +551,89 @@ def test_concurrent_connections(http_demo: Demo) -> None:
     assert not errors, errors
 
 
+# -- websocket (/ws) ----------------------------------------------------------------------
+
+
+class WsPeer:
+    """wsproto's own client (handshake included) on a blocking socket."""
+
+    def __init__(self, demo: Demo, path: str = "/ws") -> None:
+        from wsproto import WSConnection
+        from wsproto.connection import ConnectionType
+        from wsproto.events import Request
+
+        self.sock = connect(demo)
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        self.sock.sendall(self.ws.send(Request(host="x", target=path)))
+        self.pending: list[object] = []
+
+    def send(self, event: object) -> None:
+        self.sock.sendall(self.ws.send(event))  # type: ignore[arg-type]
+
+    def next(self) -> object:
+        while not self.pending:
+            data = self.sock.recv(1 << 20)
+            self.ws.receive_data(data or None)
+            self.pending.extend(self.ws.events())
+        return self.pending.pop(0)
+
+
+def test_ws_echo(http_demo: Demo) -> None:
+    from wsproto.events import (
+        AcceptConnection,
+        BytesMessage,
+        CloseConnection,
+        Ping,
+        Pong,
+        TextMessage,
+    )
+
+    peer = WsPeer(http_demo)
+    assert isinstance(peer.next(), AcceptConnection)
+    peer.send(TextMessage(data="héllo"))
+    ev = peer.next()
+    assert isinstance(ev, TextMessage) and ev.data == "héllo" and ev.message_finished
+    peer.send(BytesMessage(data=b"\x00" * 70000))
+    got = b""
+    while True:
+        ev = peer.next()
+        assert isinstance(ev, BytesMessage)
+        got += ev.data
+        if ev.message_finished:
+            break
+    assert got == b"\x00" * 70000
+    peer.send(Ping(payload=b"p"))
+    ev = peer.next()
+    assert isinstance(ev, Pong) and ev.payload == b"p"
+    peer.send(TextMessage(data="!send 100"))
+    ev = peer.next()
+    assert isinstance(ev, BytesMessage) and ev.data == expected_bytes(100)
+    peer.send(CloseConnection(code=4000, reason="bye"))
+    ev = peer.next()
+    assert isinstance(ev, CloseConnection) and (ev.code, ev.reason) == (4000, "bye")
+    assert read_all(peer.sock) == b""  # then the demo closes the connection
+
+
+def test_ws_close_command(http_demo: Demo) -> None:
+    from wsproto.events import AcceptConnection, CloseConnection, TextMessage
+
+    peer = WsPeer(http_demo)
+    assert isinstance(peer.next(), AcceptConnection)
+    peer.send(TextMessage(data="!close 4100 later"))
+    ev = peer.next()
+    assert isinstance(ev, CloseConnection) and (ev.code, ev.reason) == (4100, "later")
+
+
+def test_ws_needs_an_upgrade_and_other_upgrades_close(http_demo: Demo) -> None:
+    assert get(http_demo, "/ws").status == 400
+    with connect(http_demo) as s:
+        s.sendall(
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n"
+        )
+        raw = read_all(s)
+    assert raw.startswith(b"HTTP/1.1 200") and b"Connection: close" in raw
+
+
 # -- process behaviour --------------------------------------------------------------------
 
 

@@ -72,6 +72,7 @@ class ResponseHead:
         "reason",
         "status",
         "until_close",
+        "upgrade",
         "version",
     )
 
@@ -85,6 +86,7 @@ class ResponseHead:
         self.content_length: int | None = None
         self.until_close = False  # body delimited by the connection closing
         self.connection_tokens: tuple[bytes, ...] = ()
+        self.upgrade: bytes | None = None  # the Upgrade header of a 101
 
 
 class RequestEvents(Protocol):
@@ -105,12 +107,20 @@ class RequestParser(Protocol):
     def feed(self, data: bytes) -> None:
         """Parse bytes, calling back; raises a GuardError on malformed input."""
 
+    def resume(self) -> bytes:
+        """The upgrade was not accepted: parse HTTP again from the next feed.
+
+        Returns the bytes held in ``upgraded_tail`` (the caller feeds them back).
+        """
+
 
 class ResponseParser(Protocol):
     def start(self, method: bytes) -> None:
         """Expect the response to a request with this method (HEAD has no body)."""
 
     garbage: bool  # the backend sent bytes that belong to no response
+    # Set once a 101 head was parsed: the bytes after it belong to the switched protocol.
+    upgraded_tail: bytes | None
 
     def feed(self, data: bytes) -> None: ...
 
@@ -158,8 +168,8 @@ def head_bytes_error(raw: bytes, before: bytes = b"") -> str | None:
     return None
 
 
-_RESPONSE_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
-_REQUEST_FRAMING = _RESPONSE_FRAMING | {b"host", b"upgrade", b"expect"}
+_RESPONSE_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection", b"upgrade"})
+_REQUEST_FRAMING = _RESPONSE_FRAMING | {b"host", b"expect"}
 
 
 def _transfer_encoding_ok(count: int, value: bytes) -> bool:
@@ -227,6 +237,8 @@ def apply_response_framing(head: ResponseHead, method: bytes) -> None:
     A response with both Content-Length and Transfer-Encoding, or a Transfer-Encoding
     other than one ``chunked`` field, is rejected (llhttp and h11 each reject one of the
     two natively; a gzip transfer-coding could not be passed on to the client anyway).
+    So is a 101 without ``Upgrade`` and ``Connection: upgrade``: llhttp stops after such
+    a head without saying where it ended, and it switches to nothing anyway.
     """
     te_count = 0
     te_value = b""
@@ -245,12 +257,16 @@ def apply_response_framing(head: ResponseHead, method: bytes) -> None:
             te_value = value
         elif name == b"connection":
             connection += _connection_tokens(value)
+        elif name == b"upgrade":
+            head.upgrade = value
     if te_count:
         if content_length is not None:
             raise UpstreamProtocolError("both content-length and transfer-encoding")
         if not _transfer_encoding_ok(te_count, te_value):
             raise UpstreamProtocolError("transfer-encoding other than chunked")
     status = head.status
+    if status == 101 and (head.upgrade is None or b"upgrade" not in connection):
+        raise UpstreamProtocolError("101 without upgrade headers")
     no_body = method == b"HEAD" or status < 200 or status in (204, 304)
     if te_count and not no_body:
         head.chunked = True

@@ -27,8 +27,10 @@ from guard.http.codec import (
 )
 
 # Guard decides framing itself (codec.apply_*_framing); these are only used so h11's
-# client state machine knows which request a response answers.
-_SYNTHETIC_HOST = [(b"host", b"guard")]
+# client state machine knows which request a response answers. Every synthetic request
+# proposes an upgrade: h11 rejects a 101 nobody asked for, and whether one was asked for
+# is the proxy's decision (as it is under llhttp, which never sees the request either).
+_SYNTHETIC_HEADERS = [(b"host", b"guard"), (b"connection", b"upgrade"), (b"upgrade", b"guard")]
 
 
 class _HeadCollector:
@@ -166,6 +168,16 @@ class H11RequestParser:
                 events.on_request_complete()
                 return leftover
 
+    def resume(self) -> bytes:
+        tail = self.upgraded_tail or b""
+        self.upgraded_tail = None
+        # h11 waits in MIGHT_SWITCH_PROTOCOL for a switch that will not come: start over.
+        self._conn = self._new_conn()
+        self._collector = _HeadCollector(self._max_header_bytes, BadRequest, HeaderTooLarge)
+        self._in_head = True
+        self._upgrade = False
+        return tail
+
 
 class H11ResponseParser:
     __slots__ = (
@@ -178,6 +190,7 @@ class H11ResponseParser:
         "_method",
         "_started",
         "garbage",
+        "upgraded_tail",
     )
 
     def __init__(self, events: ResponseEvents, max_header_bytes: int, max_headers: int) -> None:
@@ -192,9 +205,11 @@ class H11ResponseParser:
         self._in_head = True
         self._started = False
         self.garbage = False
+        self.upgraded_tail: bytes | None = None
 
     def start(self, method: bytes) -> None:
         self._method = method
+        self.upgraded_tail = None
         self._conn = self._new_conn()
         self._collector = _HeadCollector(
             self._max_header_bytes, UpstreamProtocolError, UpstreamProtocolError
@@ -204,12 +219,15 @@ class H11ResponseParser:
 
     def _new_conn(self) -> h11.Connection:
         conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=self._max_header_bytes)
-        conn.send(h11.Request(method=self._method, target=b"/", headers=_SYNTHETIC_HOST))
+        conn.send(h11.Request(method=self._method, target=b"/", headers=_SYNTHETIC_HEADERS))
         conn.send(h11.EndOfMessage())
         return conn
 
     def feed(self, data: bytes) -> None:
         if not data:
+            return
+        if self.upgraded_tail is not None:
+            self.upgraded_tail += data
             return
         if self._conn is None:
             self.garbage = True
@@ -265,8 +283,13 @@ class H11ResponseParser:
                 apply_response_framing(head, self._method)
                 events.on_response_head(head)
                 if isinstance(event, h11.InformationalResponse):
-                    # the final response's head goes through the collector like the first
                     leftover = bytes(conn.trailing_data[0])
+                    if head.status == 101:
+                        # what follows belongs to the switched protocol, as under llhttp
+                        self.upgraded_tail = leftover
+                        self._conn = None
+                        return None
+                    # the final response's head goes through the collector like the first
                     self._conn = self._new_conn()
                     self._in_head = True
                     return leftover

@@ -142,6 +142,18 @@ class HttptoolsRequestParser:
         except httptools.HttpParserError as e:
             raise BadRequest(f"malformed request: {e}") from None
 
+    def resume(self) -> bytes:
+        tail = self.upgraded_tail or b""
+        self.upgraded_tail = None
+        # llhttp stopped at the upgrade; a fresh parser owes nothing to that state.
+        self._parser = httptools.HttpRequestParser(self)
+        self._headers = []
+        self._url = b""
+        self._in_head = True
+        self._head_bytes = 0
+        self._mid = False
+        return tail
+
 
 class HttptoolsResponseParser:
     __slots__ = (
@@ -159,6 +171,7 @@ class HttptoolsResponseParser:
         "_reason",
         "_started",
         "garbage",
+        "upgraded_tail",
     )
 
     def __init__(self, events: ResponseEvents, max_header_bytes: int, max_headers: int) -> None:
@@ -176,9 +189,11 @@ class HttptoolsResponseParser:
         self._started = False  # bytes arrived since start()
         self._broken = False  # llhttp stopped mid-stream: use a fresh one next time
         self.garbage = False  # bytes the backend sent that belong to no response
+        self.upgraded_tail: bytes | None = None
 
     def start(self, method: bytes) -> None:
         self._method = method
+        self.upgraded_tail = None
         self._head = None
         self._done = False
         self._started = False
@@ -242,6 +257,9 @@ class HttptoolsResponseParser:
     def feed(self, data: bytes) -> None:
         if not data:
             return
+        if self.upgraded_tail is not None:
+            self.upgraded_tail += data
+            return
         if self._done:
             self.garbage = True
             return
@@ -251,6 +269,9 @@ class HttptoolsResponseParser:
             if self._head_bytes > self._max_header_bytes:
                 allowed = len(data) - (self._head_bytes - self._max_header_bytes)
                 self._feed(data[:allowed])
+                if self.upgraded_tail is not None:
+                    self.upgraded_tail += data[allowed:]
+                    return
                 if self._in_head and not self._done:
                     raise UpstreamProtocolError("response header block too large")
                 data = data[allowed:]
@@ -259,11 +280,18 @@ class HttptoolsResponseParser:
     def _feed(self, data: bytes) -> None:
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
+        except httptools.HttpParserUpgrade as e:
             if self._done:
                 self.garbage = True
                 return
-            raise UpstreamProtocolError("unexpected protocol switch") from None
+            head = self._head
+            if head is None or head.status != 101:
+                raise UpstreamProtocolError("unexpected protocol switch") from None
+            # llhttp stops after a 101 head (codec.apply_response_framing made sure it has
+            # the headers that make llhttp say where); the rest is the new protocol's.
+            self.upgraded_tail = data[e.args[0] :]
+            self._done = True
+            self._broken = True
         except httptools.HttpParserCallbackError as e:
             err = _callback_error(e)
             if isinstance(err, _AfterResponse):

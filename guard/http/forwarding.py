@@ -149,6 +149,10 @@ class RequestForwarder:
                 self._host_tail = self._host_lines(host, b"")
             forwarding = self._untrusted_head + self._host_tail
         tail = b"transfer-encoding: chunked\r\n\r\n" if head.chunked else b"\r\n"
+        if head.upgrade is not None:
+            # The one hop-by-hop pair that must reach the backend: the proxy decided to
+            # pass this upgrade on (http_proxy clears ``upgrade`` for those it does not).
+            tail = b"connection: upgrade\r\nupgrade: %s\r\n%s" % (head.upgrade, tail)
         if self._via is not None:
             tail = b"via: %s %s\r\n%s" % (head.version, self._via, tail)
         return b"%s %s HTTP/1.1\r\n%s%s%s" % (
@@ -239,6 +243,20 @@ def response_head_bytes(
     elif client_version == b"1.0":
         lines.append(b"connection: keep-alive\r\n")
     return b"HTTP/1.1 %d %s\r\n%s\r\n" % (head.status, head.reason, b"".join(lines))
+
+
+def switching_bytes(head: ResponseHead, *, via: bytes | None) -> bytes:
+    """The 101 head Guard sends the client: its own hop-by-hop headers, the upgrade kept."""
+    tokens = head.connection_tokens
+    drop = _drop_set(HOP_BY_HOP, tokens) if tokens else HOP_BY_HOP
+    lines = [b"%s: %s\r\n" % h for h in head.headers if h[0] not in drop]
+    if via is not None:
+        lines.append(b"via: %s %s\r\n" % (head.version, via))
+    return b"HTTP/1.1 101 %s\r\n%sconnection: upgrade\r\nupgrade: %s\r\n\r\n" % (
+        head.reason or b"Switching Protocols",
+        b"".join(lines),
+        head.upgrade or b"websocket",
+    )
 
 
 def informational_bytes(head: ResponseHead) -> bytes:

@@ -71,6 +71,19 @@ FAMILIES: dict[str, Family] = {
             "Client connections open now (udp: sessions).",
             ("listener", "protocol"),
         ),
+        Family(
+            "guard_websocket_tunnels_open",
+            "gauge",
+            "WebSocket connections open now (after the 101), either relay mode.",
+            ("listener",),
+        ),
+        Family(
+            "guard_websocket_messages_total",
+            "counter",
+            "WebSocket messages relayed on frame-mode routes; direction in = client to"
+            " backend, out = backend to client.",
+            ("listener", "route", "direction"),
+        ),
         # -- tcp listeners (L4Stats)
         Family(
             "guard_tcp_accepted_total",

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from guard.metrics.families import TCP_ERROR_REASONS, UDP_END_REASONS, UDP_ERROR_REASONS
 from guard.metrics.snapshot import Hist, Snapshot, add
+from guard.proxy.websocket import STATS as WEBSOCKET_STATS
 
 if TYPE_CHECKING:
     from guard.proxy.context import Histogram
@@ -73,6 +74,12 @@ class WorkerMetrics:
                 add(snap, "guard_response_bytes_total", route, stats.bytes_out)
                 add(snap, "guard_request_duration_seconds", route, _hist(stats.duration))
                 add(snap, "guard_overhead_duration_seconds", route, _hist(stats.overhead))
+            ws = WEBSOCKET_STATS.get(name)
+            add(snap, "guard_websocket_tunnels_open", (name,), ws.open if ws is not None else 0)
+            if ws is not None:
+                for route_name, (n_in, n_out) in list(ws.messages.items()):
+                    add(snap, "guard_websocket_messages_total", (name, route_name, "in"), n_in)
+                    add(snap, "guard_websocket_messages_total", (name, route_name, "out"), n_out)
         add(snap, "guard_worker_requests_total", (str(self.worker.worker_id),), total)
 
     def _tcp(self, snap: Snapshot) -> None:

@@ -33,7 +33,9 @@ from guard.http.forwarding import (
     forwarded_for_value,
     informational_bytes,
     response_head_bytes,
+    switching_bytes,
 )
+from guard.proxy import websocket
 from guard.proxy.context import ListenerContext, RouteStats
 from guard.proxy.deadlines import NEVER
 from guard.proxy.writes import CORK, BufferedWriter
@@ -44,7 +46,7 @@ from guard.upstream.pool import UpstreamConnection, UpstreamPool
 _PAUSE_PIPELINE = 1  # a complete request waits for the active one's response
 _PAUSE_UPSTREAM = 2  # the backend's socket buffer is full
 _PAUSE_BUFFER = 4  # body bytes wait for an upstream connection
-_PAUSE_STOPPED = 8  # nothing more will be read (parse error, upgrade)
+_PAUSE_STOPPED = 8  # nothing more will be read (parse error, upgrade until answered)
 
 _MAX_EARLY_BODY = 256 * 1024  # body buffered before the upstream connection is ready
 _MAX_REPLAY = 64 * 1024  # bytes kept so a request can be resent on a fresh connection
@@ -101,6 +103,7 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         "_upstream",
         "_wbuf",
         "_write_paused",
+        "_ws_max",
         "bytes_in",
         "bytes_out",
         "deadline",
@@ -150,6 +153,7 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         self._t_start = 0.0
         self._t_upstream = 0.0
         self._cold_ms = -1
+        self._ws_max: int | None = None  # a frame-mode route's websocket.max_message
         self.bytes_in = 0
         self.bytes_out = 0
 
@@ -189,17 +193,24 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._deadline_kind == _T_IDLE:
             self._set_deadline(_T_HEADER, self._ctx.request_header_timeout)
-        CORK.depth += 1
-        try:
-            self._parser.feed(data)
-        except GuardError as e:
-            self._on_parse_error(e)
-            return
-        finally:
-            CORK.release()
-        if self._parser.upgraded_tail is not None and self._parsing is None:
-            # An Upgrade request ended the HTTP stream; its answer was already decided.
-            self._stop_reading()
+        parser = self._parser
+        while True:
+            CORK.depth += 1
+            try:
+                parser.feed(data)
+            except GuardError as e:
+                self._on_parse_error(e)
+                return
+            finally:
+                CORK.release()
+            if parser.upgraded_tail is None or self._parsing is not None or self._closed:
+                return
+            if self._active is not None or self._pending:
+                # An Upgrade request ended the HTTP stream until its answer says otherwise.
+                self._stop_reading()
+                return
+            # Guard answered the upgrade request while it arrived: the stream stays HTTP.
+            data = parser.resume()
 
     def eof_received(self) -> bool:
         # A client half-close ends the connection after the active response (if any).
@@ -360,7 +371,7 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
             if self._body_bytes > ctx.max_body:
                 raise BodyTooLarge("request body too large")
             if head.upgrade is not None:
-                raise NotImplementedByGuard("protocol upgrade is not supported yet")
+                self._check_upgrade(head)
             if head.method == b"CONNECT":
                 raise NotImplementedByGuard("CONNECT is not supported")
             if head.content_length is not None and head.content_length > ctx.max_body:
@@ -374,6 +385,11 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
                 raise RouteNotFound(f"no route for {head.host.decode('latin-1')}")
             route = match.route
             self._route_name = route.name
+            if head.upgrade is not None and route.config.websocket is not None:
+                # Frame mode: Guard reads every frame, so no extension may be negotiated
+                # (it could not decode, say, permessage-deflate on the client's behalf).
+                self._ws_max = route.config.websocket.max_message
+                head.headers = [h for h in head.headers if h[0] != b"sec-websocket-extensions"]
             service = route.target
             self._stats = ctx.route_stats(route.name, service.name)
             self._service_name = service.name
@@ -397,6 +413,22 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
             self._answer_error(e)
             return
         self._dispatch(pool)
+
+    def _check_upgrade(self, head: RequestHead) -> None:
+        assert head.upgrade is not None
+        if head.content_length is not None or head.chunked:
+            # llhttp takes such a body for the new protocol's first bytes, h11 for a body:
+            # the codecs cannot agree where the next request starts, so none may follow.
+            self._keep_alive = False
+            raise BadRequest("upgrade request with a body")
+        if head.upgrade.strip().lower() != b"websocket":
+            # Not one Guard carries: served as a plain request (the forwarder drops the
+            # Upgrade header), which RFC 9110 7.8 allows; h2c clients fall back to HTTP/1.1.
+            head.upgrade = None
+            return
+        error = websocket.request_error(head)
+        if error is not None:
+            raise BadRequest(error)
 
     # ------------------------------------------------------------- held requests
     def on_woken(self, pool: UpstreamPool, waited: float) -> None:
@@ -544,9 +576,7 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         client_version = req.head.version
         if head.status < 200:
             if head.status == 101:
-                self.on_upstream_error(
-                    self._upstream, UpstreamProtocolError("unexpected protocol switch")
-                )
+                self._on_switching(req, head)
             elif head.status == 100:
                 pass  # Guard already answered the client's Expect itself (see _activate)
             elif client_version == b"1.1":
@@ -576,6 +606,78 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
             data = b"%bx-guard-cold-start: %d\r\n\r\n" % (data[:-2], self._cold_ms)
         self._write(data)
         self._replay = None
+
+    def _on_switching(self, req: _Request, head: ResponseHead) -> None:
+        if req.head.upgrade is None:
+            error = "unexpected protocol switch"
+        else:
+            why = websocket.handshake_error(req.head, head, frames=self._ws_max is not None)
+            error = None if why is None else f"invalid websocket handshake: {why}"
+        if error is not None:
+            self.on_upstream_error(self._upstream, UpstreamProtocolError(error))
+            return
+        self._status = 101  # the switch itself follows in on_upstream_switched
+        self._clear_deadline()
+        self._write(switching_bytes(head, via=self._ctx.via))
+
+    def on_upstream_switched(self, conn: UpstreamConnection, tail: bytes) -> None:
+        """The backend switched protocols: both sockets leave HTTP for a WebSocket relay."""
+        req, pool, stats, client = self._active, self._pool, self._stats, self.transport
+        if (
+            conn is not self._upstream
+            or self._status != 101
+            or req is None
+            or pool is None
+            or stats is None
+            or client is None
+            or self._closed
+        ):
+            conn.close()
+            return
+        ctx = self._ctx
+        self.flush_writes()  # the 101 reaches the client before anything relayed
+        backend = conn.detach()
+        # As HTTP the exchange is over: the relay counts bytes as they pass, and releases
+        # the backend (in_flight, the container's activity) when the connection ends.
+        now = time.perf_counter()
+        upstream = now - self._t_upstream if self._t_upstream else 0.0
+        stats.observe(101, req.head.method, "", now - self._t_start, upstream)
+        log = None
+        if ctx.access_log is not None:
+            head = req.head
+            log = {
+                "listener": ctx.name,
+                "client": self._client_ip,
+                "method": head.method.decode("latin-1"),
+                "host": head.host.decode("latin-1"),
+                "path": head.path.decode("latin-1"),
+                "route": self._route_name or None,
+                "service": self._service_name or None,
+                "backend": pool.backend.name,
+            }
+        handover = websocket.Handover(
+            ctx, self._route_name, stats, pool, self._container, self._ws_max, log
+        )
+        # This protocol is done; its socket and its place in the listener go to the relay.
+        self._upstream = None
+        self._pool = None
+        self._container = None
+        self._active = None
+        self._pending.clear()
+        self._closed = True
+        self.transport = None
+        self._clear_deadline()
+        ctx.connections.discard(self)
+        ctx.sweeper.discard(self)
+        websocket.start_relay(
+            handover,
+            client,
+            backend,
+            client_tail=self._parser.upgraded_tail or b"",
+            backend_tail=tail,
+            client_write_paused=self._write_paused,
+            backend_write_paused=bool(self._read_paused & _PAUSE_UPSTREAM),
+        )
 
     def on_response_body(self, data: bytes) -> None:
         if self._closed or self.transport is None:
@@ -701,6 +803,13 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
             self._set_deadline(_T_HEADER, self._ctx.request_header_timeout)
         else:
             self._set_deadline(_T_IDLE, self._ctx.idle_timeout)
+            if self._parser.upgraded_tail is not None:
+                # The upgrade was refused (by the backend or by Guard): the connection
+                # stays HTTP, and what the client sent after it is parsed as such.
+                self._resume(_PAUSE_STOPPED)
+                tail = self._parser.resume()
+                if tail:
+                    self.data_received(tail)
 
     def _finish_stats(self, status: int, error: str) -> None:
         self._cancel_hold()  # an exchange that ends while held leaves the queue

@@ -42,12 +42,12 @@ def unsupported(config: GuardConfig) -> list[NotSupportedYet]:
     for key in ("max_connections", "max_connections_per_ip"):
         if getattr(limits, key) != getattr(defaults_l, key):
             found.append(NotSupportedYet(main, f"http.limits.{key}"))
-    for key in ("websocket_idle", "tls_handshake", "body_read"):
+    for key in ("tls_handshake", "body_read"):
         if getattr(timeouts, key) != getattr(defaults_t, key):
             found.append(NotSupportedYet(main, f"http.timeouts.{key}"))
     for route in config.routes.routes:
         file = _name(route.source, config.routes_path)
-        for key in ("websocket", "rate_limit"):
+        for key in ("rate_limit",):
             if getattr(route, key) is not None:
                 found.append(NotSupportedYet(file, f"routes.{route.name}.{key}"))
     # Services reached through http listeners: their keep-alive pools send no PROXY header.

@@ -35,6 +35,7 @@ class UpstreamClient(Protocol):
     def on_upstream_lost(self, conn: UpstreamConnection) -> None: ...
     def on_upstream_pause(self) -> None: ...
     def on_upstream_resume(self) -> None: ...
+    def on_upstream_switched(self, conn: UpstreamConnection, tail: bytes) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +91,11 @@ class UpstreamConnection(BufferedWriter, asyncio.Protocol):
         self._got_bytes = True
         CORK.depth += 1
         try:
-            self.parser.feed(data)
+            parser = self.parser
+            parser.feed(data)
+            if parser.upgraded_tail is not None and self.client is not None:
+                # A 101 the exchange accepted (else it would have let go of us by now).
+                self.client.on_upstream_switched(self, parser.upgraded_tail)
         except GuardError as e:
             client.on_upstream_error(self, e)
         finally:
@@ -160,6 +165,17 @@ class UpstreamConnection(BufferedWriter, asyncio.Protocol):
     def resume_reading(self) -> None:
         if self.transport is not None and not self.closed:
             self.transport.resume_reading()
+
+    def detach(self) -> asyncio.Transport:
+        """Give the socket up to a protocol switch: it never returns to the pool."""
+        self.flush_writes()
+        transport = self.transport
+        assert transport is not None
+        self.client = None
+        self.closed = True  # nothing may reuse, or close, the socket through this object
+        self.transport = None
+        self.pool.forget(self)
+        return transport
 
     @property
     def reusable(self) -> bool:
