@@ -115,6 +115,14 @@ FAMILIES: dict[str, Family] = {
             "TCP connections closed by Guard, by reason.",
             ("listener", "reason"),
         ),
+        # -- https listeners (TlsTermination)
+        Family(
+            "guard_tls_handshake_errors_total",
+            "counter",
+            "TLS handshakes that did not complete: timeout (tls_handshake), error (version,"
+            " cipher, alert, not TLS), closed (the client left first).",
+            ("listener", "reason"),
+        ),
         # -- udp listeners (L4Stats)
         Family("guard_udp_sessions_total", "counter", "UDP sessions opened.", ("listener",)),
         Family(

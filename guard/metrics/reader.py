@@ -48,6 +48,7 @@ class WorkerMetrics:
         snap: Snapshot = {}
         self._http(snap)
         self._tcp(snap)
+        self._tls(snap)
         self._udp(snap)
         self._upstreams(snap)
         for svc in list(self.worker.services.values()):
@@ -93,6 +94,11 @@ class WorkerMetrics:
                 add(snap, "guard_tcp_connections_total", (name, route), rs.connections)
                 add(snap, "guard_tcp_received_bytes_total", (name, route), rs.bytes_in)
                 add(snap, "guard_tcp_sent_bytes_total", (name, route), rs.bytes_out)
+
+    def _tls(self, snap: Snapshot) -> None:
+        for name, tls in self.worker.tls.items():
+            for reason, n in tls.handshake_errors.items():
+                add(snap, "guard_tls_handshake_errors_total", (name, reason), n)
 
     def _udp(self, snap: Snapshot) -> None:
         for name, uctx in self.worker.udp_contexts.items():

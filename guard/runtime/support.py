@@ -11,7 +11,7 @@ from pathlib import Path
 from guard.config.model import GuardConfig, HttpLimits, HttpTimeouts
 from guard.errors import NotSupportedYet
 
-SERVED_LISTENER_PROTOCOLS = frozenset({"http", "tcp", "udp"})
+SERVED_LISTENER_PROTOCOLS = frozenset({"http", "https", "tcp", "udp"})
 # Listener protocols whose relay reads PROXY headers (the http proxy does not, yet).
 PROXY_ACCEPT_PROTOCOLS = frozenset({"tcp"})
 
@@ -42,7 +42,7 @@ def unsupported(config: GuardConfig) -> list[NotSupportedYet]:
     for key in ("max_connections", "max_connections_per_ip"):
         if getattr(limits, key) != getattr(defaults_l, key):
             found.append(NotSupportedYet(main, f"http.limits.{key}"))
-    for key in ("tls_handshake", "body_read"):
+    for key in ("body_read",):
         if getattr(timeouts, key) != getattr(defaults_t, key):
             found.append(NotSupportedYet(main, f"http.timeouts.{key}"))
     for route in config.routes.routes:

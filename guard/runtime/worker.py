@@ -42,6 +42,7 @@ from guard.proxy.tcp_proxy import (
     TcpRouting,
     build_tcp_routing,
 )
+from guard.proxy.tls import CertificateStore, TlsTermination
 from guard.proxy.udp_proxy import UdpListenerContext, UdpListenerProtocol, udp_socket
 from guard.routing import HttpRouteTable, build_http_tables
 from guard.runtime.control_host import ControlHost, needs_control_host, needs_control_plane
@@ -54,7 +55,7 @@ from guard.upstream.service import Service
 
 log = logging.getLogger("guard.worker")
 
-HTTP_PROTOCOLS = ("http",)
+HTTP_PROTOCOLS = ("http", "https")
 L4_PROTOCOLS = ("tcp", "udp")
 
 
@@ -93,6 +94,7 @@ class Worker:
         self.contexts: dict[str, ListenerContext] = {}
         self.tcp_contexts: dict[str, TcpListenerContext] = {}
         self.udp_contexts: dict[str, UdpListenerContext] = {}
+        self.tls: dict[str, TlsTermination] = {}  # https listeners, by name
         self.servers: list[asyncio.Server] = []
         self.stopping = asyncio.Event()
         self.draining = False
@@ -241,10 +243,28 @@ class Worker:
                 access_log=self.access_log,
             )
             self.contexts[name] = ctx
-            await self._listen(lambda ctx=ctx: HttpProxyProtocol(ctx), lc)
+            await self._listen(self._with_tls(name, lc, lambda ctx=ctx: HttpProxyProtocol(ctx)), lc)
             log.info(
                 "worker %d: listener %s (%s) on %s", self.worker_id, name, lc.protocol, lc.address
             )
+
+    def _with_tls(
+        self, name: str, lc: ListenerConfig, factory: Callable[[], asyncio.Protocol]
+    ) -> Callable[[], asyncio.Protocol]:
+        """``factory`` for an http listener; for https, TLS termination in front of it."""
+        if lc.tls is None:
+            return factory
+        store = CertificateStore(
+            lc.tls.certificates, where=f"{self.config.path}: listeners.{name}.tls"
+        )
+        tls = self.tls[name] = TlsTermination(
+            name,
+            store,
+            factory,
+            loop=self.loop,
+            handshake_timeout=self.config.http.timeouts.tls_handshake,
+        )
+        return tls.protocol
 
     async def _listen(self, factory: Callable[[], asyncio.Protocol], lc: ListenerConfig) -> None:
         """A stream listener; SO_REUSEPORT when several workers share the address."""
