@@ -202,6 +202,21 @@ def test_no_sleep_while_a_slow_stream_is_open(guard: GuardFactory) -> None:
     wait_for(lambda: bool(events(g, "stopped", "app")), 8, "sleep once the stream ended")
 
 
+def test_no_sleep_while_a_websocket_is_open(guard: GuardFactory) -> None:
+    from wsproto.events import TextMessage
+
+    from tests.test_websocket import WsClient
+
+    g = start_app(guard, sleep_after="500ms")
+    with WsClient(g.port, host=HOST, timeout=15) as ws:  # the upgrade itself wakes it
+        time.sleep(2.5)  # 5x sleep_after, the socket silent all along
+        assert events(g, "stopped", "app") == []
+        ws.text("still here")
+        event = ws.event()
+        assert isinstance(event, TextMessage) and event.data == "still here"
+    wait_for(lambda: bool(events(g, "stopped", "app")), 8, "sleep once the websocket closed")
+
+
 def test_held_request_keeps_its_body(guard: GuardFactory) -> None:
     g = start_app(guard)
     body = b"x" * 100_000

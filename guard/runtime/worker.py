@@ -536,6 +536,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, type=Path)
     parser.add_argument("--worker-id", type=int, default=0)
     args = parser.parse_args(argv)
+    # A SIGHUP (route reload) can arrive before the loop installs its handler; its default
+    # action would kill a worker that is still starting.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     _die_with_parent()
     from guard.runtime.logs import setup_logging
     from guard.runtime.loop import run
