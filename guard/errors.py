@@ -119,6 +119,24 @@ WAKE_ERRORS: dict[str, type[GuardError]] = {
 }
 
 
+class RateLimited(GuardError):
+    """The route's ``rate_limit`` bucket for this client is empty; Retry-After says when."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str = "", retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Overloaded(GuardError):
+    """A circuit breaker (``limits``) of the service is open: refused fast, not queued."""
+
+    status = 503
+    code = "overloaded"
+
+
 class ConfigError(Exception):
     """A configuration problem, reported as ``file: key.path: what is wrong``."""
 

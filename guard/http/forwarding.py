@@ -269,19 +269,28 @@ def informational_bytes(head: ResponseHead) -> bytes:
 
 
 def error_response_bytes(
-    status: int, code: str, message: str, *, keep_alive: bool, head_only: bool = False
+    status: int,
+    code: str,
+    message: str,
+    *,
+    keep_alive: bool,
+    head_only: bool = False,
+    extra: bytes = b"",
 ) -> bytes:
-    """A response made by Guard: ``x-guard-error`` plus ``{"error": CODE, "message": ...}``."""
+    """A response made by Guard: ``x-guard-error`` plus ``{"error": CODE, "message": ...}``.
+
+    ``extra`` is more header lines, each ending in CRLF (e.g. ``retry-after: 2``)."""
     body = json.dumps({"error": code, "message": message}).encode()
     reason = _REASONS.get(status, b"Error")
     head = (
         b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\nx-guard-error: %s\r\n"
-        b"content-length: %d\r\n%s\r\n"
+        b"content-length: %d\r\n%s%s\r\n"
         % (
             status,
             reason,
             code.encode(),
             len(body),
+            extra,
             b"" if keep_alive else b"connection: close\r\n",
         )
     )

@@ -187,6 +187,18 @@ FAMILIES: dict[str, Family] = {
             ("service", "backend"),
         ),
         Family(
+            "guard_upstream_retries_total",
+            "counter",
+            "Requests sent again to another server under the service's retries: policy.",
+            ("service",),
+        ),
+        Family(
+            "guard_outlier_ejections_total",
+            "counter",
+            "Times a server was ejected by passive outlier detection (counted per worker).",
+            ("service", "backend"),
+        ),
+        Family(
             "guard_backend_up",
             "gauge",
             "1 while active health checks find the server up, 0 while it is taken out.",

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING
 from guard.metrics.families import TCP_ERROR_REASONS, UDP_END_REASONS, UDP_ERROR_REASONS
 from guard.metrics.snapshot import Hist, Snapshot, add
 from guard.proxy.websocket import STATS as WEBSOCKET_STATS
+from guard.upstream.service import Service
 
 if TYPE_CHECKING:
     from guard.proxy.context import Histogram
     from guard.runtime.worker import Worker
     from guard.upstream.pool import UpstreamPool
-    from guard.upstream.service import Service
 
 
 def _hist(h: Histogram) -> Hist:
@@ -39,10 +39,30 @@ class WorkerMetrics:
         self.reloads = {"success": 0, "failure": 0}
         self._retired: list[tuple[str, UpstreamPool]] = []  # still possibly in use
         self._retired_totals: dict[tuple[str, str], list[int]] = {}  # -> [connects, reuses]
+        # (service, backend or "") -> {"retries": n, "ejections": n} of replaced services
+        self._service_totals: dict[tuple[str, str], dict[str, int]] = {}
 
     def retire(self, services: Iterable[Service]) -> None:
         """Called on reload with the services being replaced."""
+        services = list(services)
         self._retired.extend((svc.name, pool) for svc in services for pool in svc.pools)
+        for svc in services:
+            self._fold_service(svc, self._service_totals)
+
+    @staticmethod
+    def _fold_service(svc: Service, into: dict[tuple[str, str], dict[str, int]]) -> None:
+        """Service-level counters (retries, outlier ejections) into ``into``."""
+        retries = getattr(svc, "retries_total", 0)
+        if retries:
+            into.setdefault((svc.name, ""), {}).setdefault("retries", 0)
+            into[(svc.name, "")]["retries"] += retries
+        outlier = getattr(svc, "outlier", None)
+        if outlier is not None:
+            for pool in svc.pools:
+                n = outlier.total_ejections(pool.backend.name)
+                if n:
+                    entry = into.setdefault((svc.name, pool.backend.name), {})
+                    entry["ejections"] = entry.get("ejections", 0) + n
 
     def snapshot(self) -> Snapshot:
         snap: Snapshot = {}
@@ -55,6 +75,15 @@ class WorkerMetrics:
             rejected = getattr(svc, "rejected", None)
             if rejected is not None:
                 add(snap, "guard_wake_queue_rejected_total", (svc.name,), rejected)
+        totals = {k: dict(v) for k, v in self._service_totals.items()}
+        for svc in list(self.worker.services.values()):
+            if isinstance(svc, Service):
+                self._fold_service(svc, totals)
+        for (service, backend), values in totals.items():
+            if "retries" in values:
+                add(snap, "guard_upstream_retries_total", (service,), values["retries"])
+            if "ejections" in values:
+                add(snap, "guard_outlier_ejections_total", (service, backend), values["ejections"])
         for result, n in self.reloads.items():
             add(snap, "guard_config_reloads_total", (result,), n)
         return snap

@@ -14,6 +14,7 @@ from guard.http.forwarding import TrustedProxies
 from guard.proxy.deadlines import DeadlineSweeper
 
 if TYPE_CHECKING:
+    from guard.proxy.ratelimit import RouteLimiter
     from guard.routing.table import HttpRouteTable
 
 
@@ -153,6 +154,8 @@ class ListenerContext:
     via: bytes | None
     access_log: AccessLog | None = None
     stats: dict[str, RouteStats] = field(default_factory=dict)
+    # route name -> its rate limiter, for routes with rate_limit (swapped on reload)
+    limiters: dict[str, RouteLimiter] = field(default_factory=dict)
     connections: set[object] = field(default_factory=set)
     draining: bool = False
 

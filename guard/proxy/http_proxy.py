@@ -20,8 +20,10 @@ from guard.errors import (
     GuardError,
     NoHealthyUpstream,
     NotImplementedByGuard,
+    RateLimited,
     RequestTimeout,
     RouteNotFound,
+    UpstreamConnectFailed,
     UpstreamProtocolError,
     UpstreamTimeout,
     WakeTimeout,
@@ -38,9 +40,11 @@ from guard.http.forwarding import (
 from guard.proxy import websocket
 from guard.proxy.context import ListenerContext, RouteStats
 from guard.proxy.deadlines import NEVER
+from guard.proxy.ratelimit import retry_after_header
 from guard.proxy.writes import CORK, BufferedWriter
 from guard.upstream.container_service import ContainerService, Hold
 from guard.upstream.pool import UpstreamConnection, UpstreamPool
+from guard.upstream.service import Service
 
 # Read-pause reasons: reading resumes only when none is left.
 _PAUSE_PIPELINE = 1  # a complete request waits for the active one's response
@@ -71,6 +75,7 @@ class _Request:
 class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
     __slots__ = (
         "_active",
+        "_attempts",
         "_body_bytes",
         "_client_ip",
         "_closed",
@@ -97,10 +102,12 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         "_service_name",
         "_stats",
         "_status",
+        "_svc",
         "_t_start",
         "_t_upstream",
         "_target",
         "_upstream",
+        "_waiting_conn",
         "_wbuf",
         "_write_paused",
         "_ws_max",
@@ -133,6 +140,9 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         self._requests_served = 0
         self._hold: Hold | None = None
         self._container: ContainerService | None = None
+        self._svc: Service | None = None  # set only for services with limits/retries/outlier
+        self._waiting_conn = False  # counted in the service's pending connections
+        self._attempts = 0  # retries of the active request (retries:)
         self._reset_exchange()
         self.deadline = NEVER
         self._deadline_kind = 0
@@ -242,7 +252,8 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         kind = self._deadline_kind
         self._deadline_kind = 0
         if kind == _T_RESPONSE:
-            self._fail_exchange(UpstreamTimeout("upstream did not answer in time"))
+            if not self._retry("timeout"):
+                self._fail_exchange(UpstreamTimeout("upstream did not answer in time"))
         elif kind == _T_WAKE:
             container = self._container
             self._cancel_hold()
@@ -385,6 +396,13 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
                 raise RouteNotFound(f"no route for {head.host.decode('latin-1')}")
             route = match.route
             self._route_name = route.name
+            limiters = ctx.limiters
+            if limiters:
+                limiter = limiters.get(route.name)
+                if limiter is not None:
+                    wait = limiter.check(self._client_ip, head.headers)
+                    if wait:
+                        raise RateLimited(f"rate limit of route {route.name} reached", wait)
             if head.upgrade is not None and route.config.websocket is not None:
                 # Frame mode: Guard reads every frame, so no extension may be negotiated
                 # (it could not decode, say, permessage-deflate on the client's behalf).
@@ -409,6 +427,10 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
                 pool = service.pick(head.headers, self._client_ip, path)
                 if pool is None:
                     raise NoHealthyUpstream(f"no available server for service {service.name}")
+                if service.policed:
+                    service.admit()  # circuit breaking: 503 overloaded, fast
+                    service.active += 1
+                    self._svc = service
         except GuardError as e:
             self._answer_error(e)
             return
@@ -476,11 +498,70 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
             head.expect_continue = False
             if head.version == b"1.1":
                 self._write(_CONTINUE)
+        self._connect_or_attach(pool)
+
+    def _connect_or_attach(self, pool: UpstreamPool) -> None:
         conn = pool.acquire()
         if conn is not None:
             self._attach(conn)
-        else:
-            pool.connect(self._on_connected)
+            return
+        svc = self._svc
+        if svc is not None:
+            refusal = svc.may_connect()
+            if refusal is not None:
+                self._fail_exchange(refusal)
+                return
+            if not self._waiting_conn:
+                self._waiting_conn = True
+                svc.pending += 1
+        pool.connect(self._on_connected)
+
+    def _connected(self) -> None:
+        """A connection attempt ended: the request no longer waits for one."""
+        if self._waiting_conn:
+            self._waiting_conn = False
+            if self._svc is not None:
+                self._svc.pending -= 1
+
+    def _retry(self, reason: str) -> bool:
+        """Send the active request again, to another server, if ``retries:`` allows it.
+
+        Only before any of the response went to the client, only while what was sent is
+        still held for replay (heads and bodies up to 64 KiB), only for idempotent methods
+        unless nothing reached the backend (a connect error), within ``attempts`` and the
+        service's retry budget."""
+        svc = self._svc
+        req = self._active
+        pool = self._pool
+        if svc is None or req is None or pool is None or reason not in svc.retry_on:
+            return False
+        retries = svc.retries
+        if retries is None or self._attempts >= retries.attempts or self._response_started:
+            return False
+        if self._replay is None:
+            return False  # the body outgrew the replay buffer
+        if reason != "connect_error" and req.head.method not in _IDEMPOTENT:
+            return False  # the backend may have acted on it (RFC 9110 9.2.2)
+        if not self._attempts and not svc.can_retry():
+            return False
+        nxt = svc.pick_other(pool.backend)
+        if nxt is None:
+            return False
+        if not self._attempts:
+            svc.retrying += 1
+        self._attempts += 1
+        svc.retries_total += 1
+        self._abort_upstream()
+        if svc.outlier is not None:
+            svc.report(pool.backend, False)
+        pool.backend.in_flight -= 1
+        self._pool = nxt
+        nxt.backend.in_flight += 1
+        self._retried = True  # _attach replays what the first attempt sent
+        if req.complete:
+            self._set_deadline(_T_RESPONSE, self._ctx.response_header_timeout)
+        self._connect_or_attach(nxt)
+        return True
 
     @staticmethod
     def _origin_form(head: RequestHead) -> bytes:
@@ -503,6 +584,10 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
 
     def _on_connected(self, conn: UpstreamConnection | None, err: GuardError | None) -> None:
         pool = self._pool
+        if conn is not None and pool is not None and conn.pool is not pool:
+            conn.pool.release(conn)  # a connect from before a retry moved on: keep it pooled
+            return
+        self._connected()
         if self._active is None or self._closed or pool is None:
             if conn is not None and pool is not None:
                 pool.release(conn)
@@ -511,7 +596,9 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
             return
         if conn is None:
             assert err is not None
-            self._fail_exchange(err)
+            reason = "connect_error" if isinstance(err, UpstreamConnectFailed) else "timeout"
+            if not self._retry(reason):
+                self._fail_exchange(err)
             return
         self._attach(conn)
 
@@ -522,8 +609,9 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         self._upstream = conn
         conn.attach(self, head.method)
         ended = False
-        if self._retried:
-            # A fresh connection after a stale pooled one: what was sent goes again.
+        if self._retried and self._replay:
+            # A fresh connection after a stale pooled one, or a retry on another server:
+            # what was sent goes again.
             replay = self._replay or []
             for data in replay:
                 conn.write(data)
@@ -582,6 +670,9 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
             elif client_version == b"1.1":
                 self._write(informational_bytes(head))
             return
+        svc = self._svc
+        if svc is not None and svc.retry_on and self._retry(str(head.status)):
+            return  # this answer is dropped with its connection; another server's comes
         self._response_started = True
         self._status = head.status
         self._resp_keep_alive = head.keep_alive
@@ -729,7 +820,7 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
             return
         if self._response_started:
             self._fail_exchange(UpstreamProtocolError("upstream closed mid-response"))
-        else:
+        elif not self._retry("reset"):
             self._fail_exchange(
                 UpstreamProtocolError("upstream closed the connection without a response")
             )
@@ -763,6 +854,9 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
             # The body was not read: the connection cannot carry another request.
             self._keep_alive = False
         head_only = req is not None and req.head.method == b"HEAD"
+        extra = b""
+        if isinstance(err, RateLimited):
+            extra = b"retry-after: %b\r\n" % retry_after_header(err.retry_after)
         self._write(
             error_response_bytes(
                 err.status,
@@ -770,6 +864,7 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
                 err.message,
                 keep_alive=self._keep_alive,
                 head_only=head_only,
+                extra=extra,
             )
         )
         self._end_exchange(err.status, err.code)
@@ -814,6 +909,17 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
     def _finish_stats(self, status: int, error: str) -> None:
         self._cancel_hold()  # an exchange that ends while held leaves the queue
         pool = self._pool
+        svc = self._svc
+        if svc is not None:
+            self._svc = None
+            self._connected()
+            svc.active -= 1
+            if self._attempts:
+                svc.retrying -= 1
+                self._attempts = 0
+            if pool is not None and svc.outlier is not None:
+                failed = status >= 500 or error.startswith("upstream")
+                svc.report(pool.backend, not failed)
         if pool is not None:
             pool.backend.in_flight -= 1
             self._pool = None

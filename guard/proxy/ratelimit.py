@@ -15,7 +15,10 @@ limit without a shared counter on the hot path.
 from __future__ import annotations
 
 import math
+import time
 from collections import OrderedDict
+
+from guard.config.model import RateLimitConfig
 
 MAX_KEYS = 100_000
 
@@ -56,3 +59,31 @@ class TokenBuckets:
 def retry_after_header(seconds: float) -> bytes:
     """Whole seconds, rounded up, at least 1 (RFC 9110 10.2.3 takes an integer)."""
     return str(max(1, math.ceil(seconds))).encode()
+
+
+class RouteLimiter:
+    """One route's ``rate_limit``: the key of a request, and its bucket's verdict."""
+
+    __slots__ = ("_header", "buckets", "config")
+
+    def __init__(self, config: RateLimitConfig, workers: int = 1) -> None:
+        self.config = config
+        share = max(1, workers)
+        self.buckets = TokenBuckets(config.average / share, max(1.0, config.burst / share))
+        by = config.by
+        self._header = by[len("header:") :].lower().encode() if by.startswith("header:") else None
+
+    def check(self, client_ip: str, headers: list[tuple[bytes, bytes]]) -> float:
+        """0.0 to pass, else the seconds until this client may send again."""
+        wanted = self._header
+        if wanted is None:
+            key = client_ip.encode()
+        else:
+            # Requests without the header share one bucket: leaving it out is no way around
+            # the limit.
+            key = b""
+            for name, value in headers:
+                if name == wanted:
+                    key = value
+                    break
+        return self.buckets.take(key, time.monotonic())

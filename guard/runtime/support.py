@@ -47,23 +47,35 @@ def unsupported(config: GuardConfig) -> list[NotSupportedYet]:
             found.append(NotSupportedYet(main, f"http.timeouts.{key}"))
     for route in config.routes.routes:
         file = _name(route.source, config.routes_path)
-        for key in ("rate_limit",):
-            if getattr(route, key) is not None:
-                found.append(NotSupportedYet(file, f"routes.{route.name}.{key}"))
+        limit = route.rate_limit
+        if limit is not None:
+            lc = config.listeners.get(route.listener)
+            if lc is None or lc.protocol not in ("http", "https"):
+                # Built for HTTP requests; per-connection limits on tcp/udp are not.
+                found.append(NotSupportedYet(file, f"routes.{route.name}.rate_limit"))
+            elif limit.by == "tenant":
+                found.append(NotSupportedYet(file, f"routes.{route.name}.rate_limit.by"))
     # Services reached through http listeners: their keep-alive pools send no PROXY header.
     http_services = {
         r.service
         for r in config.routes.routes
         if (lc := config.listeners.get(r.listener)) is not None and lc.protocol not in ("tcp",)
     }
+    l4_services = {
+        r.service
+        for r in config.routes.routes
+        if (lc := config.listeners.get(r.listener)) is not None and lc.protocol in ("tcp", "udp")
+    }
     for svc in config.routes.services.values():
         file = _name(svc.source, config.routes_path)
+        http_only = svc.name not in l4_services
         if svc.health is not None and svc.container is not None:
             # Instances have their ready probe; health checks of running instances
             # (replace on failure) are not built yet.
             found.append(NotSupportedYet(file, f"services.{svc.name}.health"))
         for key in ("retries", "limits", "outlier"):
-            if getattr(svc, key) is not None:
+            # Built for static servers (the http proxy); not for container instances.
+            if getattr(svc, key) is not None and (svc.container is not None or not http_only):
                 found.append(NotSupportedYet(file, f"services.{svc.name}.{key}"))
         if svc.proxy_protocol is not None and svc.name in http_services:
             # tcp listeners send it; http/https/udp ones would silently not.

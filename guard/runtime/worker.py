@@ -36,6 +36,7 @@ from guard.metrics.snapshot import merge
 from guard.proxy.context import AccessLog, ListenerContext
 from guard.proxy.deadlines import DeadlineSweeper, tick_for
 from guard.proxy.http_proxy import HttpProxyProtocol
+from guard.proxy.ratelimit import RouteLimiter
 from guard.proxy.tcp_proxy import (
     TcpClientProtocol,
     TcpListenerContext,
@@ -168,6 +169,21 @@ class Worker:
                 udp[name] = mine[0] if mine else None
         return tcp, udp
 
+    def _limiters(
+        self, listener: str, routes: RoutesConfig, current: dict[str, RouteLimiter]
+    ) -> dict[str, RouteLimiter]:
+        """Rate limiters of one listener's routes; an unchanged one keeps its buckets."""
+        out: dict[str, RouteLimiter] = {}
+        for route in routes.routes:
+            if route.listener != listener or route.rate_limit is None:
+                continue
+            old = current.get(route.name)
+            if old is not None and old.config == route.rate_limit:
+                out[route.name] = old
+            else:
+                out[route.name] = RouteLimiter(route.rate_limit, self.config.workers)
+        return out
+
     def attach_control(self, plane: ControlPlane) -> None:
         """Use ``plane`` for container services (before ``start``)."""
         self.link = plane.attach(self.worker_id, self)
@@ -242,6 +258,7 @@ class Worker:
                 via=via,
                 access_log=self.access_log,
             )
+            ctx.limiters = self._limiters(name, self.config.routes, {})
             self.contexts[name] = ctx
             await self._listen(self._with_tls(name, lc, lambda ctx=ctx: HttpProxyProtocol(ctx)), lc)
             log.info(
@@ -342,6 +359,7 @@ class Worker:
         services, tables = self._build(routes)
         for name, ctx in self.contexts.items():
             ctx.table = tables[name]  # one reference swap: in-flight requests keep theirs
+            ctx.limiters = self._limiters(name, routes, ctx.limiters)
         # Open tcp connections and udp sessions keep the backend they were given.
         tcp_routing, udp_routes = self._build_l4(routes)
         for name, tctx in self.tcp_contexts.items():

@@ -78,6 +78,7 @@ class UpstreamConnection(BufferedWriter, asyncio.Protocol):
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.pool.open += 1
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -117,6 +118,7 @@ class UpstreamConnection(BufferedWriter, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.pool.open -= 1
         self.pool.forget(self)
         client = self.client
         if client is not None:
@@ -203,6 +205,7 @@ class UpstreamPool:
         "_sweeper",
         "backend",
         "connects",
+        "open",
         "reuses",
         "settings",
     )
@@ -224,6 +227,7 @@ class UpstreamPool:
         self._idle: list[UpstreamConnection] = []
         self.connects = 0
         self.reuses = 0
+        self.open = 0  # connections open now, idle or busy (circuit breaking reads it)
 
     @property
     def idle_count(self) -> int:

@@ -8,6 +8,7 @@ import logging
 from guard.balancing import Backend, make_balancer
 from guard.balancing.outlier import OutlierDetector
 from guard.config.model import ServiceConfig
+from guard.errors import GuardError, Overloaded
 from guard.proxy.deadlines import DeadlineSweeper
 from guard.upstream.pool import UpstreamPool, UpstreamSettings
 from guard.upstream.resolver import Resolver
@@ -18,7 +19,24 @@ log = logging.getLogger("guard.upstream")
 class Service:
     """Static backends (``servers:``) behind one balancer, one pool per backend."""
 
-    __slots__ = ("_loop", "_pools", "_timers", "balancer", "config", "down", "name", "outlier")
+    __slots__ = (
+        "_loop",
+        "_pools",
+        "_timers",
+        "active",
+        "balancer",
+        "config",
+        "down",
+        "limits",
+        "name",
+        "outlier",
+        "pending",
+        "policed",
+        "retries",
+        "retries_total",
+        "retry_on",
+        "retrying",
+    )
 
     wakeable = False  # static servers are there or not: nothing to wake (ContainerService is)
 
@@ -47,6 +65,17 @@ class Service:
             if config.outlier is not None
             else None
         )
+        # Circuit breaking and retries, per worker process. The proxy only keeps the
+        # counters below for a service with one of these (``policed``): the others pay
+        # nothing per request.
+        self.limits = config.limits
+        self.retries = config.retries if config.retries and config.retries.attempts else None
+        self.retry_on = frozenset(self.retries.on) if self.retries is not None else frozenset()
+        self.policed = bool(self.limits or self.retries or self.outlier)
+        self.active = 0  # requests in flight on the service
+        self.pending = 0  # requests waiting for a new upstream connection
+        self.retrying = 0  # requests on a retry now (the retry budget)
+        self.retries_total = 0  # attempts sent again, for metrics
 
     def set_down(self, names: tuple[str, ...]) -> None:
         """Active health checks' verdict: these servers take no new work."""
@@ -57,6 +86,47 @@ class Service:
         ejected = self.outlier.ejected() if self.outlier is not None else ()
         for backend in self._pools:
             backend.available = backend.name not in self.down and backend.name not in ejected
+
+    # -- circuit breaking (limits:) and the retry budget
+    def admit(self) -> None:
+        """Refuse fast (503 overloaded) when max_in_flight requests are already running."""
+        limits = self.limits
+        cap = limits.max_in_flight if limits is not None else None
+        if cap is not None and self.active >= cap:
+            raise Overloaded(f"service {self.name}: {cap} requests in flight (limits)")
+
+    def may_connect(self) -> GuardError | None:
+        """A new upstream connection is needed: None if the limits allow one, else why not."""
+        limits = self.limits
+        if limits is None:
+            return None
+        if limits.max_pending is not None and self.pending >= limits.max_pending:
+            return Overloaded(
+                f"service {self.name}: {limits.max_pending} requests waiting for a connection"
+            )
+        if limits.max_connections is not None:
+            open_now = sum(p.open for p in self._pools.values()) + self.pending
+            if open_now >= limits.max_connections:
+                return Overloaded(
+                    f"service {self.name}: {limits.max_connections} upstream connections open"
+                )
+        return None
+
+    def can_retry(self) -> bool:
+        """Envoy's retry budget: retries at most ``budget`` of the active requests, min 3."""
+        retries = self.retries
+        if retries is None:
+            return False
+        return self.retrying < max(3, retries.budget * self.active)
+
+    def pick_other(self, exclude: Backend) -> UpstreamPool | None:
+        """Another available server for a retry: the least loaded one (not through the
+        balancer, whose rotation a retry must not shift); the same server only if it is
+        the last one up."""
+        candidates = [b for b in self._pools if b.available and b is not exclude]
+        if candidates:
+            return self._pools[min(candidates, key=_load)]
+        return self._pools[exclude] if exclude.available else None
 
     def report(self, backend: Backend, ok: bool) -> None:
         """An exchange with ``backend`` ended: ``ok`` unless a 5xx or a connect failure.
@@ -103,3 +173,7 @@ class Service:
             timer.cancel()
         for pool in self._pools.values():
             pool.close_idle()
+
+
+def _load(backend: Backend) -> int:
+    return backend.in_flight
