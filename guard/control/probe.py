@@ -1,7 +1,9 @@
 """Readiness probes for starting instances (``container.ready``).
 
-An instance is probed every ``PROBE_INTERVAL`` (15 ms, inside the 10-20 ms the contract asks
-for) from the moment the driver started it until it answers: Knative's activator probes
+An instance is probed from the moment the driver started it until it answers: first after
+1, 2, 4 and 8 ms (an app that listens within a few ms, like a static binary, is not made
+to wait out a whole interval), then every ``PROBE_INTERVAL`` (15 ms, inside the 10-20 ms
+the contract asks for): Knative's activator probes
 every 200 ms and Cloudflare polls every 300 ms, and that interval is most of their
 cold-start overhead. The probe also watches the instance's exit: a process that dies while
 starting fails the wake at once with its exit reason instead of waiting out the timeout.
@@ -23,6 +25,7 @@ from guard.config.model import ReadyProbe
 from guard.drivers.base import InstanceHandle
 
 PROBE_INTERVAL = 0.015
+FIRST_PAUSES = (0.001, 0.002, 0.004, 0.008)  # then PROBE_INTERVAL
 _ATTEMPT_TIMEOUT = 1.0  # one probe attempt; the overall deadline bounds it further
 
 
@@ -68,13 +71,15 @@ async def wait_ready(
     if probe.udp is not None:
         await _udp_probe(handle, probe.udp, interval, exited, check)
         return
+    attempt = 0
     while True:
         remaining = deadline - loop.time()
         if await check_once(
             handle.host, handle.port, probe.http, min(_ATTEMPT_TIMEOUT, max(remaining, 0.001))
         ):
             return
-        await pause(interval)
+        await pause(FIRST_PAUSES[attempt] if attempt < len(FIRST_PAUSES) else interval)
+        attempt += 1
 
 
 async def check_once(host: str, port: int, http_path: str | None, timeout: float) -> bool:

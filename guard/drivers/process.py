@@ -37,12 +37,14 @@ import asyncio
 import contextlib
 import ctypes
 import errno
+import functools
 import logging
 import os
 import re
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -73,6 +75,24 @@ _INSTANCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _STOP_POLL = 0.02  # how often stop() checks whether the rest of the group has gone
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+# Spawning without a preexec_fn needs setpriv (util-linux >= 2.33) for PDEATHSIG and
+# pidfds (Linux 5.3) to see the exit; without either the driver falls back to a full fork.
+_HAS_PIDFD = hasattr(os, "pidfd_open")
+
+
+@functools.cache
+def _setpriv() -> str | None:
+    """setpriv's path if it has --pdeathsig (checked once, on the first start)."""
+    path = shutil.which("setpriv")
+    if path is None:
+        return None
+    try:
+        out = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return path if "--pdeathsig" in out.stdout else None
+
 
 if sys.platform.startswith("linux"):
     # Resolved once here, in the parent: the child (between fork and exec) then only makes
@@ -236,7 +256,7 @@ class _Instance:
     env: dict[str, str]
     stop_timeout: float
     status: InstanceStatus = InstanceStatus.CREATED
-    proc: asyncio.subprocess.Process | None = None
+    proc: asyncio.subprocess.Process | subprocess.Popen[bytes] | None = None
     watcher: asyncio.Task[None] | None = None
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     exit_code: int | None = None
@@ -323,17 +343,22 @@ class ProcessDriver(Driver):
         inst.status = InstanceStatus.STARTING
         inst.stop_requested = False
         fd = os.open(inst.handle.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        exited: asyncio.Future[int] | None = None
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *inst.argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=fd,
-                stderr=asyncio.subprocess.STDOUT,
-                cwd=inst.handle.workdir,
-                env=inst.env,
-                start_new_session=True,  # own session => own process group, pgid == pid
-                preexec_fn=_pdeathsig_preexec(os.getpid()),
-            )
+            setpriv = _setpriv() if _HAS_PIDFD else None
+            if setpriv is not None:
+                proc, exited = self._spawn_fast(inst, fd, setpriv)
+            else:
+                proc = await asyncio.create_subprocess_exec(
+                    *inst.argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=fd,
+                    stderr=asyncio.subprocess.STDOUT,
+                    cwd=inst.handle.workdir,
+                    env=inst.env,
+                    start_new_session=True,  # own session => own process group, pgid == pid
+                    preexec_fn=_pdeathsig_preexec(os.getpid()),
+                )
         except (OSError, ValueError) as e:  # missing executable, permissions, bad argv
             inst.status = InstanceStatus.CREATED
             inst.reason = f"failed to start: {e}"
@@ -346,10 +371,58 @@ class ProcessDriver(Driver):
         inst.exit_code = inst.reason = inst.exited_at = None
         inst.started_at = self._clock()
         inst.exited = asyncio.Event()
+        if exited is None:
+            assert isinstance(proc, asyncio.subprocess.Process)
+            exited = asyncio.ensure_future(proc.wait())
         inst.watcher = asyncio.get_running_loop().create_task(
-            self._watch(inst, proc), name=f"guard-process-{handle.id}"
+            self._watch(inst, proc.pid, exited), name=f"guard-process-{handle.id}"
         )
         return inst.handle
+
+    def _spawn_fast(
+        self, inst: _Instance, fd: int, setpriv: str
+    ) -> tuple[subprocess.Popen[bytes], asyncio.Future[int]]:
+        """vfork+exec through ``setpriv --pdeathsig KILL`` (no preexec_fn, so subprocess
+        can use vfork: ~0.4 ms instead of a ~4 ms full fork of Guard), and the exit seen
+        through a pidfd on the event loop instead of a child watcher.
+
+        One difference from the preexec path: that one re-checks getppid() after prctl, in
+        case Guard died in between; setpriv does not, so a Guard killed in the microseconds
+        between this fork and setpriv's prctl could leave this one instance behind."""
+        argv = [setpriv, "--pdeathsig", "KILL", "--", *inst.argv]
+        program = inst.argv[0]
+        if "/" in program:
+            assert inst.handle.workdir is not None
+            found = os.access(Path(inst.handle.workdir, program), os.X_OK)
+        else:
+            found = shutil.which(program, path=inst.env.get("PATH", os.defpath)) is not None
+        if not found:
+            # setpriv would fail to exec it in the child; say so here, as Popen would.
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", program)
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=fd,
+            stderr=subprocess.STDOUT,
+            cwd=inst.handle.workdir,
+            env=inst.env,
+            start_new_session=True,  # own session => own process group, pgid == pid
+        )
+        loop = asyncio.get_running_loop()
+        exited: asyncio.Future[int] = loop.create_future()
+        pidfd = os.pidfd_open(proc.pid)
+
+        def on_exit() -> None:
+            code = proc.poll()  # reaps it; None only on a spurious wake-up
+            if code is None:
+                return
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+            if not exited.done():
+                exited.set_result(code)
+
+        loop.add_reader(pidfd, on_exit)
+        return proc, exited
 
     async def stop(self, handle: InstanceHandle, timeout: float) -> None:
         inst = self._get(handle)
@@ -414,10 +487,10 @@ class ProcessDriver(Driver):
             raise InstanceNotFound(f"no instance {handle.id}")
         return inst
 
-    async def _watch(self, inst: _Instance, proc: asyncio.subprocess.Process) -> None:
-        """Wait for the exit (the event loop's child watcher reaps it), keeping the log file
-        bounded meanwhile; then record the exit and tell the listeners."""
-        waiter = asyncio.ensure_future(proc.wait())
+    async def _watch(self, inst: _Instance, pid: int, waiter: asyncio.Future[int]) -> None:
+        """Wait for the exit (reaped by the pidfd reader or the loop's child watcher),
+        keeping the log file bounded meanwhile; then record the exit and tell the
+        listeners."""
         try:
             while True:
                 done, _ = await asyncio.wait({waiter}, timeout=self._log_check_interval)
@@ -431,7 +504,7 @@ class ProcessDriver(Driver):
         if not inst.stop_requested:
             # The instance is its process group: whatever the main process left running
             # would be an orphan nobody stops.
-            _killpg(proc.pid, signal.SIGKILL)
+            _killpg(pid, signal.SIGKILL)
         reason = exit_reason(code) + (" after stop" if inst.stop_requested else "")
         inst.status = InstanceStatus.EXITED
         inst.exit_code = code
