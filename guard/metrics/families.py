@@ -187,6 +187,13 @@ FAMILIES: dict[str, Family] = {
             ("service", "backend"),
         ),
         Family(
+            "guard_connections_refused_total",
+            "counter",
+            "Client connections closed at accept by a cap (max_connections,"
+            " max_connections_per_ip), with a 503 connection_limit.",
+            ("listener", "reason"),
+        ),
+        Family(
             "guard_upstream_retries_total",
             "counter",
             "Requests sent again to another server under the service's retries: policy.",

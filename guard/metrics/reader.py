@@ -92,6 +92,8 @@ class WorkerMetrics:
         total = 0
         for name, ctx in self.worker.contexts.items():
             add(snap, "guard_open_connections", (name, "http"), len(ctx.connections))
+            for reason, n in ctx.refused.items():
+                add(snap, "guard_connections_refused_total", (name, reason), n)
             # list(): a scrape runs on the loop, but be safe against a dict growing under us
             for stats in list(ctx.stats.values()):
                 route = (name, stats.route, stats.service)

@@ -157,6 +157,10 @@ class ListenerContext:
     # route name -> its rate limiter, for routes with rate_limit (swapped on reload)
     limiters: dict[str, RouteLimiter] = field(default_factory=dict)
     connections: set[object] = field(default_factory=set)
+    per_ip: dict[str, int] = field(default_factory=dict)  # open connections per client IP
+    refused: dict[str, int] = field(
+        default_factory=lambda: {"max_connections": 0, "max_connections_per_ip": 0}
+    )
     draining: bool = False
 
     # Flattened from ``http`` once, so the per-request path reads one attribute, not three.
@@ -165,6 +169,9 @@ class ListenerContext:
     request_header_timeout: float = field(init=False)
     response_header_timeout: float = field(init=False)
     idle_timeout: float = field(init=False)
+    body_read_timeout: float = field(init=False)
+    max_connections: int = field(init=False)
+    max_connections_per_ip: int = field(init=False)
 
     def __post_init__(self) -> None:
         limits, timeouts = self.http.limits, self.http.timeouts
@@ -173,6 +180,9 @@ class ListenerContext:
         self.request_header_timeout = timeouts.request_header
         self.response_header_timeout = timeouts.response_header
         self.idle_timeout = timeouts.idle
+        self.body_read_timeout = timeouts.body_read
+        self.max_connections = limits.max_connections
+        self.max_connections_per_ip = limits.max_connections_per_ip
 
     def route_stats(self, route: str, service: str = "") -> RouteStats:
         stats = self.stats.get(route)

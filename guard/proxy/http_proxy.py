@@ -58,7 +58,7 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 # Deadline kinds
-_T_HEADER, _T_IDLE, _T_RESPONSE, _T_WAKE = 1, 2, 3, 4
+_T_HEADER, _T_IDLE, _T_RESPONSE, _T_WAKE, _T_BODY = 1, 2, 3, 4, 5
 
 
 class _Request:
@@ -86,6 +86,7 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         "_error_after_active",
         "_forwarder",
         "_hold",
+        "_ip_counted",
         "_keep_alive",
         "_out_chunked",
         "_parser",
@@ -138,6 +139,8 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         self._pool: UpstreamPool | None = None
         self._error_after_active: GuardError | None = None
         self._requests_served = 0
+        self._ip_counted = False
+        self._client_ip = ""
         self._hold: Hold | None = None
         self._container: ContainerService | None = None
         self._svc: Service | None = None  # set only for services with limits/retries/outlier
@@ -174,6 +177,18 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         ip = peer[0] if isinstance(peer, tuple) else ""
         self._client_ip = ip
+        # Connection caps (slowloris and floods): refused at once, with an answer that
+        # says why, before any state is made for the connection.
+        if len(ctx.connections) >= ctx.max_connections:
+            self._refuse("max_connections", "the listener has too many connections open")
+            return
+        per_ip = ctx.per_ip
+        open_here = per_ip.get(ip, 0)
+        if open_here >= ctx.max_connections_per_ip:
+            self._refuse("max_connections_per_ip", "too many connections from this address")
+            return
+        per_ip[ip] = open_here + 1
+        self._ip_counted = True
         self._forwarder = RequestForwarder(
             client_ip=ip.encode(),
             forwarded_for=forwarded_for_value(ip) if ip else b"for=unknown",
@@ -188,9 +203,27 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         ctx.sweeper.add(self)
         self._set_deadline(_T_HEADER, ctx.request_header_timeout)
 
+    def _refuse(self, cap: str, message: str) -> None:
+        ctx = self._ctx
+        ctx.refused[cap] += 1
+        self._closed = True
+        assert self.transport is not None
+        self.transport.write(
+            error_response_bytes(503, "connection_limit", message, keep_alive=False)
+        )
+        self.transport.close()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         ctx = self._ctx
+        if self._ip_counted:
+            self._ip_counted = False
+            ip = self._client_ip
+            left = ctx.per_ip.get(ip, 1) - 1
+            if left > 0:
+                ctx.per_ip[ip] = left
+            else:
+                ctx.per_ip.pop(ip, None)
         ctx.connections.discard(self)
         ctx.sweeper.discard(self)
         self._cancel_hold()
@@ -251,7 +284,14 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
     def on_deadline(self) -> None:
         kind = self._deadline_kind
         self._deadline_kind = 0
-        if kind == _T_RESPONSE:
+        if kind == _T_BODY:
+            if self._read_paused:
+                # Guard stopped reading (the backend is slow to take the body): not the
+                # client's silence. Look again later.
+                self._set_deadline(_T_BODY, self._ctx.body_read_timeout)
+                return
+            self._fail_exchange(RequestTimeout("request body not received in time"), close=True)
+        elif kind == _T_RESPONSE:
             if not self._retry("timeout"):
                 self._fail_exchange(UpstreamTimeout("upstream did not answer in time"))
         elif kind == _T_WAKE:
@@ -320,6 +360,8 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         if self._body_bytes > self._ctx.max_body:
             self._fail_exchange(BodyTooLarge("request body too large"), close=True)
             return
+        if self._deadline_kind == _T_BODY:
+            self.deadline = self._ctx.sweeper.now + self._ctx.body_read_timeout
         self._send_body(data)
 
     def on_request_complete(self) -> None:
@@ -370,7 +412,8 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         if req.complete:
             self._set_deadline(_T_RESPONSE, ctx.response_header_timeout)
         else:
-            self._clear_deadline()
+            # The body is still coming: each chunk must follow the last within body_read.
+            self._set_deadline(_T_BODY, ctx.body_read_timeout)
         if self._requests_served >= ctx.max_requests - 1:
             self._keep_alive = False
         if not head.keep_alive or ctx.draining:
@@ -463,7 +506,7 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         if req.complete:
             self._set_deadline(_T_RESPONSE, self._ctx.response_header_timeout)
         else:
-            self._clear_deadline()
+            self._set_deadline(_T_BODY, self._ctx.body_read_timeout)
         CORK.depth += 1
         try:
             self._dispatch(pool)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from guard.config.model import GuardConfig, HttpLimits, HttpTimeouts
+from guard.config.model import GuardConfig
 from guard.errors import NotSupportedYet
 
 SERVED_LISTENER_PROTOCOLS = frozenset({"http", "https", "tcp", "udp"})
@@ -37,14 +37,6 @@ def unsupported(config: GuardConfig) -> list[NotSupportedYet]:
         found.append(NotSupportedYet(main, "admin.tokens"))
     if config.tenants:
         found.append(NotSupportedYet(main, "tenants"))
-    limits, timeouts = config.http.limits, config.http.timeouts
-    defaults_l, defaults_t = HttpLimits(), HttpTimeouts()
-    for key in ("max_connections", "max_connections_per_ip"):
-        if getattr(limits, key) != getattr(defaults_l, key):
-            found.append(NotSupportedYet(main, f"http.limits.{key}"))
-    for key in ("body_read",):
-        if getattr(timeouts, key) != getattr(defaults_t, key):
-            found.append(NotSupportedYet(main, f"http.timeouts.{key}"))
     for route in config.routes.routes:
         file = _name(route.source, config.routes_path)
         limit = route.rate_limit

@@ -78,7 +78,17 @@ class Worker:
         ]
         self.sweeper = DeadlineSweeper(
             self.loop,
-            tick_for([t.connect, t.request_header, t.response_header, t.idle, *l4_timeouts]),
+            tick_for(
+                [
+                    t.connect,
+                    t.request_header,
+                    t.response_header,
+                    t.idle,
+                    t.body_read,
+                    t.websocket_idle,
+                    *l4_timeouts,
+                ]
+            ),
         )
         self.resolver = Resolver()
         self.upstream_settings = UpstreamSettings(
