@@ -2,11 +2,11 @@
 
 An instance is probed from the moment the driver started it until it answers: first after
 1, 2, 4 and 8 ms (an app that listens within a few ms, like a static binary, is not made
-to wait out a whole interval), then every ``PROBE_INTERVAL`` (15 ms, inside the 10-20 ms
-the contract asks for): Knative's activator probes
-every 200 ms and Cloudflare polls every 300 ms, and that interval is most of their
-cold-start overhead. The probe also watches the instance's exit: a process that dies while
-starting fails the wake at once with its exit reason instead of waiting out the timeout.
+to wait out a whole interval), then every ``PROBE_INTERVAL`` (10 ms, the low end of the
+10-20 ms the contract asks for). Knative's activator probes every 200 ms and Cloudflare
+polls every 300 ms, and that interval is most of their cold-start overhead. The probe also
+watches the instance's exit: a process that dies while starting fails the wake at once
+with its exit reason instead of waiting out the timeout.
 
 - ``http: PATH`` — ``GET PATH`` answered with a status below 400 (as Kubernetes' httpGet).
 - ``tcp: true`` — a TCP connection is accepted.
@@ -24,7 +24,7 @@ from collections.abc import Callable
 from guard.config.model import ReadyProbe
 from guard.drivers.base import InstanceHandle
 
-PROBE_INTERVAL = 0.015
+PROBE_INTERVAL = 0.010
 FIRST_PAUSES = (0.001, 0.002, 0.004, 0.008)  # then PROBE_INTERVAL
 _ATTEMPT_TIMEOUT = 1.0  # one probe attempt; the overall deadline bounds it further
 
