@@ -413,3 +413,26 @@ def test_target_cpu_adds_instances() -> None:
         assert ctl.last_decision is not None and ctl.last_decision.desired_cpu == 2
 
     run(body)
+
+
+def test_docker_guard_id_is_per_config(tmp_path: Path) -> None:
+    from guard.config import load_config
+    from guard.control.plane import docker_guard_id
+
+    def write(directory: Path, extra: str = "") -> Path:
+        directory.mkdir()
+        (directory / "routes.yaml").write_text("routes: []\n")
+        path = directory / "guard.yaml"
+        path.write_text(
+            "routes: routes.yaml\nlisteners:\n  web: {protocol: http, address: 127.0.0.1:1}\n"
+            f"drivers:\n  docker: {{network: host{extra}}}\n"
+        )
+        return path
+
+    a, b = write(tmp_path / "a"), write(tmp_path / "b")
+    id_a = docker_guard_id(load_config(a))
+    assert id_a == docker_guard_id(load_config(a))  # a restart finds its own containers
+    assert id_a != docker_guard_id(load_config(b))  # another Guard never reaps them
+    assert id_a.startswith("guard-")
+    c = write(tmp_path / "c", ", guard_id: edge-1")
+    assert docker_guard_id(load_config(c)) == "edge-1"

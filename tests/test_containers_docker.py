@@ -11,10 +11,11 @@ Guard runs as ``python -m guard run`` (the ``guard`` fixture) with ``drivers: {d
 builds. Skipped without a daemon, except under CI=true, where it fails (the approach and
 helpers of tests/test_docker_driver.py).
 
-Guard's docker driver labels every container ``guard.id=guard`` (the id is not
-configurable yet), so a Guard started here reaps any such container on the daemon. Each
-test names its services ``dk<random>`` and only ever looks at (and cleans up) containers
-whose ``guard.instance`` label starts with those names.
+Every Guard here runs with ``drivers.docker.guard_id`` set to this module's own id, so the
+two Guards of the SIGKILL test share it (the second reaps the first's containers) while
+anything else on the daemon, with another id, is never touched. Each test names its
+services ``dk<random>`` and only ever looks at (and cleans up) containers whose
+``guard.instance`` label starts with those names.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ pytestmark = [
 # stop) ends the container at once instead of after stop_timeout, with httpd a child. The
 # host network is the host's: bind loopback only, where Guard connects.
 SERVE = ["/bin/sh", "-c", "trap 'exit 0' TERM; httpd -f -p 127.0.0.1:$PORT -h /www & wait"]
-GUARD_ID = "guard"  # what the control plane gives DockerDriver (its default)
+GUARD_ID = f"guard-test-{uuid.uuid4().hex[:8]}"  # drivers.docker.guard_id of every Guard here
 
 
 @pytest.fixture
@@ -144,7 +145,9 @@ class DockerApp:
         return self._guard(
             routes=routes,
             services=services,
-            extra={"drivers": {"docker": {"network": "host", "socket": SOCKET}}},
+            extra={
+                "drivers": {"docker": {"network": "host", "socket": SOCKET, "guard_id": GUARD_ID}}
+            },
         )
 
 

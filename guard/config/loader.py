@@ -356,6 +356,15 @@ def _string(v: Any) -> str:
     return v
 
 
+_GUARD_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+
+
+def _guard_id(v: Any) -> str:
+    if not isinstance(v, str) or not _GUARD_ID.fullmatch(v):
+        raise ValueError("must be 1-63 letters, digits, '.', '_' or '-'")
+    return v
+
+
 def _boolean(v: Any) -> bool:
     if not isinstance(v, bool):
         raise ValueError("must be true or false")
@@ -742,7 +751,12 @@ _DRIVERS = _section(
     {
         "process": _section(ProcessDriverConfig, {}),
         "docker": _section(
-            DockerDriverConfig, {"socket": _unit(_string), "network": _unit(_string)}
+            DockerDriverConfig,
+            {
+                "socket": _unit(_string),
+                "network": _unit(_string),
+                "guard_id": _unit(_guard_id),
+            },
         ),
     },
 )

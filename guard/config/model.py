@@ -110,6 +110,9 @@ class ProcessDriverConfig:
 class DockerDriverConfig:
     socket: str = "unix:///var/run/docker.sock"
     network: str = "host"
+    # Labels every container this Guard owns (and reaps at start). None: derived from the
+    # guard.yaml path, so two Guards sharing a daemon never reap each other's containers.
+    guard_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

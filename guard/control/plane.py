@@ -10,6 +10,7 @@ the controllers (activity, autoscaling, per-key sleep).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import shutil
@@ -62,6 +63,16 @@ class LocalLink:
 
     def report(self, report: LoadReport) -> None:
         self._plane.on_report(report)
+
+
+def docker_guard_id(config: GuardConfig) -> str:
+    """``drivers.docker.guard_id``, else one derived from where guard.yaml is: stable across
+    restarts of this Guard (so it finds its own leftovers), distinct between Guards."""
+    docker = config.drivers.docker
+    if docker is not None and docker.guard_id:
+        return docker.guard_id
+    digest = hashlib.sha256(str(Path(config.path).resolve()).encode()).hexdigest()
+    return f"guard-{digest[:12]}"
 
 
 class ControlPlane:
@@ -127,7 +138,7 @@ class ControlPlane:
 
             docker_cfg = self.config.drivers.docker
             assert docker_cfg is not None  # the loader checked the service's driver exists
-            driver = DockerDriver(docker_cfg)
+            driver = DockerDriver(docker_cfg, guard_id=docker_guard_id(self.config))
             reaped = await driver.reap_orphans()
             if reaped:
                 log.warning("removed %d containers left by an earlier Guard", len(reaped))
