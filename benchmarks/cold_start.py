@@ -396,7 +396,12 @@ def start_guard(
         "workers": 1,
         "routes": "routes",
         "listeners": {"web": {"protocol": "http", "address": f"127.0.0.1:{port}"}},
-        "http": {"parser": "httptools", "timeouts": {"drain": "2s"}},
+        # The burst is 1,000 connections from one address: above the per-IP cap's 256.
+        "http": {
+            "parser": "httptools",
+            "timeouts": {"drain": "2s"},
+            "limits": {"max_connections_per_ip": 5000},
+        },
         "drivers": drivers,
     }
     # JSON is YAML.

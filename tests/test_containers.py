@@ -69,13 +69,22 @@ def instance_pids(g: GuardProc) -> list[int]:
     return [int(p) for p in children]
 
 
+# Bursts come from one address: lift the per-IP connection cap (256 by default) above them.
+MANY_CONNECTIONS = {"limits": {"max_connections_per_ip": 5000}}
+
+
 def start_app(guard: GuardFactory, **kw: Any) -> GuardProc:
     routes = kw.pop("routes", None) or [
         {"name": "app", "match": {"host": HOST}, "service": "app"},
         {"name": "sbx", "match": {"host": "{key}.sbx.test"}, "service": "sbx"},
     ]
     services = kw.pop("services", None) or {"app": app(**kw), "sbx": app(per_key=True)}
-    return guard(routes=routes, services=services, extra={"drivers": {"process": {}}})
+    return guard(
+        routes=routes,
+        services=services,
+        http=MANY_CONNECTIONS,
+        extra={"drivers": {"process": {}}},
+    )
 
 
 async def _get(port: int, host: str, target: str) -> tuple[int, dict[str, str], bytes]:

@@ -134,12 +134,12 @@ def test_disk_full_keeps_usage_and_retries(tmp_path: Path) -> None:
     for i in range(500):
         led.record(inst(i))
     assert led.flush() == 0
-    assert led.write_errors == 1 and led.pending == 500 and led.written == 0
+    assert led.write_errors == 1 and led.pending == 500 and led.rows_written == 0
     for i in range(500, 600):  # traffic keeps being recorded meanwhile
         led.record(inst(i))
     led._conn.execute("PRAGMA max_page_count = 1073741823")  # space again
     assert led.flush() == 600
-    assert led.pending == 0 and led.written == 600 and led.dropped == 0
+    assert led.pending == 0 and led.rows_written == 600 and led.dropped == 0
     assert counts(led.path) == (600, 0)
     led.close()
 

@@ -75,7 +75,7 @@ class ControlHost:
         snap = control_snapshot(self.plane)
         ledger = self.ledger
         if ledger is not None:
-            add(snap, "guard_usage_slices_written_total", (), ledger.written)
+            add(snap, "guard_usage_slices_written_total", (), ledger.rows_written)
             add(snap, "guard_usage_write_errors_total", (), ledger.write_errors)
             add(snap, "guard_usage_pending_slices", (), ledger.pending)
             add(snap, "guard_usage_dropped_slices_total", (), ledger.dropped)

@@ -48,7 +48,7 @@ from guard.proxy.udp_proxy import UdpListenerContext, UdpListenerProtocol, udp_s
 from guard.routing import HttpRouteTable, build_http_tables
 from guard.runtime.control_host import ControlHost, needs_control_host, needs_control_plane
 from guard.runtime.traffic import TrafficTally
-from guard.runtime.watch import RouteWatcher
+from guard.runtime.watch import RouteWatcher, signature
 from guard.upstream.container_service import ContainerService
 from guard.upstream.pool import UpstreamSettings
 from guard.upstream.resolver import Resolver
@@ -451,6 +451,10 @@ async def serve(
     and the usage ledger; under the supervisor it streams its metrics to ``metrics_socket``
     and reaches the supervisor's control plane on ``control_socket``.
     """
+    # What the route files looked like when this process read them: a reload signal that
+    # came while it was starting (ignored until the handler below exists) is made up for
+    # by comparing once the handler is in place.
+    routes_seen = signature(config.routes_path)
     worker = Worker(config, reuse_port=reuse_port, worker_id=worker_id)
     loop = worker.loop
     host: ControlHost | None = None
@@ -521,6 +525,8 @@ async def serve(
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    if signature(config.routes_path) != routes_seen:
+        on_sighup()
     watcher: RouteWatcher | None = None
     if not metrics_socket:  # alone; under the supervisor it watches and signals us
         watcher = RouteWatcher(config.routes_path, on_sighup)

@@ -195,7 +195,7 @@ class UsageLedger:
         self._conn: sqlite3.Connection | None = None
         self._dropped = 0
         self._dropped_logged = 0
-        self.written = 0  # rows inserted, for metrics
+        self.rows_written = 0  # rows inserted, for metrics
         self.write_errors = 0  # failed flushes (disk full, locked): their batch was kept
 
     # ------------------------------------------------------------------ lifecycle
@@ -312,7 +312,7 @@ class UsageLedger:
                     e,
                 )
                 return 0
-            self.written += written
+            self.rows_written += written
             return written
 
     def _requeue(self, batch: list[Slice]) -> None:
