@@ -26,6 +26,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aiodocker
@@ -266,3 +267,77 @@ def test_sigkilled_guard_leaves_containers_the_next_guard_reaps(docker_app: Dock
     r = fetch(second.port, host="app.test", timeout=30)
     assert r.status == 200 and r.header("x-guard-cold-start") is not None
     assert len(containers(docker_app.app)) == 1
+
+
+def _cgroup_cpu_seconds(pid: int) -> float:
+    """The container's CPU time from its own cgroup files (v1 cpuacct or v2 cpu.stat),
+    read directly, not through dockerd."""
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "cpuacct" in controllers.split(","):
+            for root in ("/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/cpuacct"):
+                try:
+                    return int(Path(f"{root}{path}/cpuacct.usage").read_text()) / 1e9
+                except FileNotFoundError:
+                    continue
+        if controllers == "":  # cgroup v2
+            for stat in Path(f"/sys/fs/cgroup{path}/cpu.stat").read_text().splitlines():
+                if stat.startswith("usage_usec "):
+                    return int(stat.split()[1]) / 1e6
+    raise AssertionError(f"no cpu accounting found for pid {pid}")
+
+
+def test_metered_cpu_matches_the_cgroup(docker_app: DockerApp, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Issue 5's accuracy check: a busy loop under a 0.5 CPU limit; the ledger's measured
+    core-ms within 5 % of the cgroup's own counter, reserved = 0.5 x wall time."""
+    from guard.usage.ledger import UsageLedger
+
+    ledger_path = tmp_path / "usage.sqlite"
+    burn = [
+        "/bin/sh",
+        "-c",
+        "trap 'exit 0' TERM; httpd -f -p 127.0.0.1:$PORT -h /www & "
+        "sleep 2 & s=$!; while kill -0 $s 2>/dev/null; do :; done; wait",
+    ]
+    svc = docker_app.service(command=burn)
+    svc["container"]["resources"] = {"cpu": 0.5, "memory": "64MiB"}
+    g = docker_app._guard(
+        routes=[{"name": "app", "match": {"host": "app.test"}, "service": docker_app.app}],
+        services={docker_app.app: svc},
+        extra={
+            "drivers": {"docker": {"network": "host", "socket": SOCKET, "guard_id": GUARD_ID}},
+            "usage": {"ledger": str(ledger_path), "flush": "200ms"},
+        },
+    )
+    assert fetch(g.port, host="app.test", timeout=30).status == 200
+    (c,) = containers(docker_app.app)
+
+    async def pid_of(cid: str) -> int:
+        async with aiodocker.Docker(url=SOCKET) as docker:
+            info = await docker.containers.container(cid).show()
+        return int(info["State"]["Pid"])
+
+    pid = asyncio.run(pid_of(c["id"]))
+    # The loop burns for ~2 s of wall time; wait until the counter stands still.
+    last = -1.0
+    deadline = time.monotonic() + 20
+    while True:
+        now = _cgroup_cpu_seconds(pid)
+        if now == last and now > 0.5:
+            break
+        assert time.monotonic() < deadline, "the busy loop did not stop"
+        last = now
+        time.sleep(1.0)
+    cgroup = _cgroup_cpu_seconds(pid)
+    assert cgroup < 2 * 0.5 + 0.3  # the 0.5 CPU limit held it to about half of 2 s
+    g.stop()  # the last slice is read just before the container is stopped
+    assert g.proc.returncode == 0, g.stderr[-2000:]
+    ledger = UsageLedger(ledger_path)
+    ledger.open()
+    try:
+        (row,) = ledger.query(None, None, "service")
+    finally:
+        ledger.close()
+    assert row.measured_core_ms == pytest.approx(cgroup * 1000, rel=0.05)
+    assert row.reserved_core_ms == pytest.approx(row.wall_seconds * 500, rel=1e-6)
+    assert row.measured_gb_s > 0
