@@ -44,10 +44,19 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _admin_refusal(config: GuardConfig) -> str | None:
-    # Checked before anything binds, so the refusal is the only thing the user sees.
+    """Why the admin address cannot be served: a non-loopback address without tokens, or a
+    token that cannot be read (a missing env var, an unreadable file). Checked before
+    anything binds, so the refusal is the only thing the user sees."""
+    from guard.admin.auth import TokenError, load_tokens
     from guard.admin.server import bind_refusal
 
-    return bind_refusal(config.admin) if config.admin is not None else None
+    if config.admin is None:
+        return None
+    try:
+        load_tokens(config.admin)
+    except TokenError as e:
+        return str(e)
+    return bind_refusal(config.admin)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -1,1 +1,1 @@
-"""The admin address: /healthz and /metrics (the REST API is issue 6)."""
+"""The admin address: /healthz, /metrics and the REST API under /v1 (tokens, tenants)."""

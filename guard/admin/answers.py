@@ -1,9 +1,26 @@
-"""What the admin server answers with: a status, a body, and Guard's JSON error shape."""
+"""What the admin server takes and answers with: a request, a status and body, and Guard's
+JSON error shape."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: str
+    path: str  # percent-decoding is left to the handler: names are decoded per segment
+    query: str = ""
+    headers: tuple[tuple[str, str], ...] = ()  # names lowercased
+    body: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,17 +34,25 @@ class Answer:
 REASONS = {
     200: "OK",
     400: "Bad Request",
+    401: "Unauthorized",
     404: "Not Found",
     405: "Method Not Allowed",
+    409: "Conflict",
     413: "Content Too Large",
+    415: "Unsupported Media Type",
+    431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
 
 
-def json_answer(status: int, doc: dict[str, str], *extra: tuple[str, str]) -> Answer:
-    return Answer(status, json.dumps(doc).encode(), extra=extra)
+def json_answer(status: int, doc: dict[str, Any], *extra: tuple[str, str]) -> Answer:
+    return Answer(status, json.dumps(doc, default=str).encode(), extra=extra)
 
 
-def error_answer(status: int, code: str, message: str, *extra: tuple[str, str]) -> Answer:
-    return json_answer(status, {"error": code, "message": message}, ("x-guard-error", code), *extra)
+def error_answer(
+    status: int, code: str, message: str, *extra: tuple[str, str], **more: Any
+) -> Answer:
+    """``{"error": code, "message": ...}`` plus ``more`` (e.g. ``errors=[lines]``)."""
+    doc = {"error": code, "message": message, **more}
+    return json_answer(status, doc, ("x-guard-error", code), *extra)

@@ -1,11 +1,11 @@
-"""The admin address: a small HTTP/1.1 server for ``GET /healthz`` and ``GET /metrics``.
+"""The admin address: a small HTTP/1.1 server for ``GET /healthz``, ``GET /metrics`` and
+the REST API under ``/v1`` (``guard.admin.api``).
 
-Not a hot path (a scrape a second, a health check), so it favours being small and strict
-over fast: keep-alive and pipelining (answers are made synchronously, in order), a bound
-on a request's size, an idle timeout, and Guard's usual JSON errors with
-``x-guard-error``. The REST API of issue 6 will add its routes here, with bearer tokens;
-until then the server refuses to listen anywhere but loopback (the spec: no tokens, no
-remote admin API).
+Not a hot path (a scrape a second, a health check, an operator's change), so it favours
+being small and strict over fast: keep-alive and pipelining (answers in request order),
+bounds on a request's head (64 KiB) and body (1 MiB), an idle timeout, and Guard's usual
+JSON errors with ``x-guard-error``. Without ``admin.tokens`` it refuses to listen anywhere
+but loopback (the spec: no tokens, no remote admin API).
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ from dataclasses import dataclass
 
 import httptools
 
-from guard.admin.answers import REASONS, Answer, error_answer, json_answer
+from guard.admin.answers import REASONS, Answer, Request, error_answer, json_answer
 from guard.config.model import AdminConfig
 
 log = logging.getLogger("guard.admin")
 
-MAX_REQUEST = 64 * 1024  # head + body; nothing the admin API takes comes close
+MAX_HEAD = 64 * 1024  # request line and headers
+MAX_BODY = 1024 * 1024  # a route or service body is a few hundred bytes; the issue says 1 MiB
 IDLE_TIMEOUT = 60.0
 
 
@@ -56,22 +57,12 @@ class AdminPages:
     # When set, /metrics is rendered through this instead (off the event loop), so a
     # large page does not stall the traffic the same loop carries.
     metrics_async: Callable[[], Awaitable[bytes]] | None = None
-    # GET /v1/usage: the query string in, an answer out (read off the event loop). None
-    # when guard.yaml has no usage ledger.
-    usage: Callable[[str], Awaitable[Answer]] | None = None
-    # GET /v1/services[/NAME], /v1/routes[/NAME]: (method, path) -> answer, or None for a
-    # path it does not serve. None when no control plane runs in this process.
-    state: Callable[[str, str], Answer | None] | None = None
+    # Everything under /v1 (guard.admin.api.AdminApi.handle); None: no REST API here.
+    api: Callable[[Request], Awaitable[Answer]] | None = None
 
 
 def answer(pages: AdminPages, method: str, path: str) -> Answer:
-    """The routing of the admin API: pure, so it is tested without sockets."""
-    if pages.state is not None:
-        found = pages.state(method, path)
-        if found is not None:
-            return found
-    if path == "/v1/usage" and pages.usage is None:
-        return error_answer(404, "usage_not_configured", "guard.yaml has no usage ledger")
+    """The routing of /healthz and /metrics: pure, so it is tested without sockets."""
     if path not in ("/healthz", "/metrics"):
         return error_answer(404, "not_found", f"no admin endpoint {path}")
     if method not in ("GET", "HEAD"):
@@ -104,7 +95,11 @@ class AdminProtocol(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.url = b""
+        self.headers: list[tuple[str, str]] = []
+        self.body: list[bytes] = []
         self.size = 0  # bytes of the request being read
+        self.limit = MAX_HEAD  # what self.size may reach: the head's, then head and body's
+        self.refusal: Answer | None = None  # decided while parsing, sent after feed_data
         self.idle: asyncio.TimerHandle | None = None
         # Responses in request order; a Task stands for one still being rendered.
         self.out: deque[tuple[bytes | asyncio.Task[bytes], bool]] = deque()
@@ -132,18 +127,44 @@ class AdminProtocol(asyncio.Protocol):
         except httptools.HttpParserError as e:
             self._fail(error_answer(400, "bad_request", f"malformed request: {e}"))
             return
-        if self.size > MAX_REQUEST and self.transport is not None:
-            self._fail(error_answer(413, "body_too_large", "admin requests are at most 64 KiB"))
+        if self.refusal is not None:
+            self._fail(self.refusal)
+        elif self.size > self.limit and self.transport is not None:
+            if self.limit == MAX_HEAD:
+                self._fail(error_answer(431, "header_too_large", "admin heads are at most 64 KiB"))
+            else:
+                self._fail(error_answer(413, "body_too_large", "admin bodies are at most 1 MiB"))
 
     # -- httptools callbacks
     def on_message_begin(self) -> None:
         self.url = b""
+        self.headers = []
+        self.body = []
+        self.limit = MAX_HEAD
 
     def on_url(self, url: bytes) -> None:
         self.url += url
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        self.limit = self.size + MAX_BODY  # the head is all read: the body may add 1 MiB
+        length = next((v for k, v in self.headers if k == "content-length"), None)
+        if length is not None and length.strip().isdigit() and int(length) > MAX_BODY:
+            # Refused before its body arrives, rather than read and thrown away.
+            self.refusal = error_answer(413, "body_too_large", "admin bodies are at most 1 MiB")
+            return
+        expect = next((v for k, v in self.headers if k == "expect"), "")
+        if expect.lower() == "100-continue" and not self.out and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        if self.refusal is None:
+            self.body.append(body)
+
     def on_message_complete(self) -> None:
-        if self.transport is None:
+        if self.transport is None or self.refusal is not None:
             return
         self.size = 0
         method = self.parser.get_method().decode("latin-1")
@@ -151,11 +172,13 @@ class AdminProtocol(asyncio.Protocol):
         path = url.path.decode("latin-1") if url is not None else ""
         keep_alive = self.parser.should_keep_alive()
         head_only = method == "HEAD"
-        usage = self.pages.usage
-        if usage is not None and path == "/v1/usage" and method in ("GET", "HEAD"):
+        api = self.pages.api
+        if api is not None and (path == "/v1" or path.startswith("/v1/")):
             query = (url.query or b"").decode("latin-1") if url is not None else ""
+            request = Request(method, path, query, tuple(self.headers), b"".join(self.body))
+            self.body = []
             task = asyncio.get_running_loop().create_task(
-                self._deferred(usage(query), head_only, keep_alive)
+                self._deferred(api(request), head_only, keep_alive)
             )
             task.add_done_callback(lambda _: self._write_ready())
             self.out.append((task, keep_alive))
@@ -246,7 +269,12 @@ class AdminServer:
             self.admin.port,
             reuse_address=True,
         )
-        log.info("admin API on %s:%d (/healthz, /metrics)", self.admin.host, self.admin.port)
+        log.info(
+            "admin API on %s:%d (/healthz, /metrics%s)",
+            self.admin.host,
+            self.admin.port,
+            ", /v1" if self.pages.api is not None else "",
+        )
 
     def close(self) -> None:
         if self._server is not None:

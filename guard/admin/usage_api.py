@@ -5,7 +5,9 @@ Query parameters: ``since`` / ``until`` (ISO dates or datetimes, UTC without a z
 ``price`` (a built-in rate card: rivet | cloudflare | fly; rate card *files* are a CLI
 option only, since a path from a request would let a client make Guard read any file),
 ``format`` (json, default, or csv). The answer is read from the ledger file on a worker
-thread with its own connection, so the event loop never waits on SQLite.
+thread with its own connection, so the event loop never waits on SQLite. A tenant's token
+gets its own tenant forced in place of ``tenant``: other tenants' rows, and rows without a
+tenant, are never in its answer.
 """
 
 from __future__ import annotations
@@ -25,8 +27,14 @@ from guard.usage.report import GROUPINGS
 _PARAMS = frozenset({"since", "until", "by", "tenant", "price", "format"})
 
 
-def usage_answer(ledger_path: Path, query: str, now: float | None = None) -> Answer:
-    """Blocking (SQLite): call it off the event loop."""
+UsagePage = Callable[[str, str | None], Awaitable[Answer]]  # (query, forced tenant) -> answer
+
+
+def usage_answer(
+    ledger_path: Path, query: str, now: float | None = None, tenant: str | None = None
+) -> Answer:
+    """Blocking (SQLite): call it off the event loop. ``tenant``: forced, whatever the query
+    says."""
     now = time.time() if now is None else now
     try:
         params = parse_qs(query, keep_blank_values=True, strict_parsing=bool(query))
@@ -36,6 +44,8 @@ def usage_answer(ledger_path: Path, query: str, now: float | None = None) -> Ans
     if unknown:
         return error_answer(400, "invalid_parameter", f"unknown parameter {unknown[0]!r}")
     value = {k: v[-1] for k, v in params.items()}
+    if tenant is not None:
+        value["tenant"] = tenant
     window: dict[str, float | None] = {}
     for name in ("since", "until"):
         try:
@@ -80,9 +90,9 @@ def usage_answer(ledger_path: Path, query: str, now: float | None = None) -> Ans
     return Answer(200, json.dumps(doc).encode())
 
 
-def usage_page(config: GuardConfig) -> Callable[[str], Awaitable[Answer]] | None:
+def usage_page(config: GuardConfig) -> UsagePage | None:
     """The admin server's /v1/usage handler for ``config``; None without ``usage:``."""
     if config.usage is None:
         return None
     path = config.usage.ledger
-    return lambda query: asyncio.to_thread(usage_answer, path, query)
+    return lambda query, tenant: asyncio.to_thread(usage_answer, path, query, None, tenant)

@@ -23,10 +23,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from guard.admin.answers import Answer
+from guard.admin.api import AdminApi
+from guard.admin.routes_api import ReloadOutcome
 from guard.admin.server import AdminPages, AdminServer
-from guard.admin.state_api import StateApi
-from guard.admin.usage_api import usage_page
 from guard.config import load_routes
 from guard.config.model import GuardConfig
 from guard.control.link import ENV as CONTROL_SOCKET_ENV
@@ -36,7 +35,7 @@ from guard.metrics.collector import MetricsPage
 from guard.metrics.relay import ENV as METRICS_SOCKET_ENV
 from guard.metrics.relay import SnapshotHub
 from guard.metrics.snapshot import Snapshot, merge
-from guard.runtime.control_host import ControlHost, needs_control_host
+from guard.runtime.control_host import ControlHost, needs_control_host, needs_control_plane
 from guard.runtime.watch import RouteWatcher
 
 log = logging.getLogger("guard.supervisor")
@@ -59,7 +58,9 @@ class Supervisor:
         self.admin: AdminServer | None = None
         self.control: ControlHost | None = None
         self.control_server: ControlServer | None = None
-        self._reloads: set[asyncio.Task[None]] = set()
+        self._reloads: set[asyncio.Task[ReloadOutcome]] = set()
+        self._served = config.routes  # the route files in force, for the admin API
+        self._reload_lock = asyncio.Lock()  # reloads in turn: an older read never lands last
 
     async def _start_control(self) -> None:
         if not needs_control_host(self.config):
@@ -79,34 +80,41 @@ class Supervisor:
             return self.hub.snapshot()
         return merge([self.hub.snapshot(), control.snapshot()])
 
-    def _state(self, method: str, path: str) -> Answer | None:
-        # The control host starts after the admin server: answer once it exists.
-        if self.control is None:
-            return None
-        return StateApi(self.control.plane).answer(method, path)
-
     def _reload(self) -> None:
-        """SIGHUP: the control plane takes the new routes first (the workers' wakes for a
-        new service need its controller), then every worker reloads."""
-
-        async def run() -> None:
-            if self.control is not None:
-                try:
-                    routes = await asyncio.to_thread(
-                        load_routes,
-                        self.config.routes_path,
-                        self.config.listeners,
-                        self.config.drivers,
-                    )
-                except ConfigErrors as e:
-                    log.error("route reload rejected:\n%s", e)
-                else:
-                    await self.control.reload(routes)
-            self._signal_all(signal.SIGHUP)
-
-        task = asyncio.get_running_loop().create_task(run())
+        task = asyncio.get_running_loop().create_task(self.reload_now())
         self._reloads.add(task)
         task.add_done_callback(self._reloads.discard)
+
+    async def reload_now(self) -> ReloadOutcome:
+        """SIGHUP, a changed file, or the admin API: the control plane takes the new routes
+        first (the workers' wakes for a new service need its controller), then every worker
+        is signalled to reload. Each worker reads the files itself, within milliseconds;
+        the outcome does not wait for them."""
+        async with self._reload_lock:
+            try:
+                routes = await asyncio.to_thread(
+                    load_routes,
+                    self.config.routes_path,
+                    self.config.listeners,
+                    self.config.drivers,
+                )
+            except ConfigErrors as e:
+                log.error("route reload rejected:\n%s", e)
+                self._signal_all(signal.SIGHUP)  # each worker logs and counts it too
+                return ReloadOutcome.rejected(*(str(err) for err in e.errors))
+            if self.control is None and needs_control_plane(routes):
+                why = (
+                    "container services and health checks need the control plane; restart"
+                    " Guard to start it"
+                )
+                log.error("route reload rejected: %s", why)
+                self._signal_all(signal.SIGHUP)  # the workers refuse it the same way
+                return ReloadOutcome.rejected(why)
+            if self.control is not None:
+                await self.control.reload(routes)
+            self._served = routes
+            self._signal_all(signal.SIGHUP)
+            return ReloadOutcome(routes)
 
     async def _start_metrics(self) -> None:
         await self.hub.start()
@@ -119,8 +127,13 @@ class Supervisor:
                     metrics_type=page.content_type,
                     metrics_async=page.render_async,
                     draining=lambda: self.stopping,
-                    usage=usage_page(self.config),
-                    state=self._state,
+                    # The control host starts after the admin server: plane is None until.
+                    api=AdminApi.build(
+                        self.config,
+                        routes=lambda: self._served,
+                        plane=lambda: self.control.plane if self.control is not None else None,
+                        reload_now=self.reload_now,
+                    ).handle,
                 ),
             )
             await self.admin.start()

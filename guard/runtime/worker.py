@@ -16,9 +16,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from guard.admin.api import AdminApi
+from guard.admin.routes_api import ReloadOutcome
 from guard.admin.server import AdminPages, AdminServer
-from guard.admin.state_api import StateApi
-from guard.admin.usage_api import usage_page
 from guard.config import load_config, load_routes
 from guard.config.model import GuardConfig, ListenerConfig, RouteConfig, RoutesConfig
 from guard.control.link import ENV as CONTROL_SOCKET_ENV
@@ -470,6 +470,31 @@ async def serve(
         await host.start()
         worker.attach_control(host.plane)
         send_traffic = host.traffic
+    served = [config.routes]  # the route files in force, for the admin API
+    reload_lock = asyncio.Lock()  # reloads in turn: an older read of the files never lands last
+
+    async def reload() -> ReloadOutcome:
+        """SIGHUP, a changed file, or the admin API (which answers once this returns)."""
+        async with reload_lock:
+            # Parsing and validating route files is the slow part (YAML): off the event
+            # loop, so traffic keeps flowing while a large table loads.
+            routes = await asyncio.to_thread(worker.read_routes)
+            if routes is None:
+                return ReloadOutcome.rejected("the route files did not load (see Guard's log)")
+            if worker.link is None and needs_control_plane(routes):
+                why = (
+                    "container services and health checks need the control plane; restart"
+                    " Guard to start it"
+                )
+                log.error("route reload rejected: %s", why)
+                worker.metrics.reloads["failure"] += 1
+                return ReloadOutcome.rejected(why)
+            if host is not None:
+                await host.reload(routes)  # controllers first: the worker's wakes need them
+            worker.apply_routes(routes)
+            served[0] = routes
+            return ReloadOutcome(routes)
+
     admin: AdminServer | None = None
     sender: SnapshotSender | None = None
     if metrics_socket:
@@ -487,12 +512,17 @@ async def serve(
                 metrics_type=page.content_type,
                 metrics_async=page.render_async,
                 draining=lambda: worker.draining,
-                usage=usage_page(config),
-                state=StateApi(host.plane).answer if host is not None else None,
+                api=AdminApi.build(
+                    config,
+                    routes=lambda: served[0],
+                    plane=lambda: host.plane if host is not None else None,
+                    reload_now=reload,
+                ).handle,
             ),
         )
         await admin.start()  # before the listeners: a taken admin port stops us cleanly
-    await worker.start()
+    async with reload_lock:  # an admin API write meanwhile applies to the started worker
+        await worker.start()
     if config.usage is not None and send_traffic is not None:
         worker.start_traffic_tally(send_traffic, config.usage.flush)
     if sender is not None:
@@ -500,24 +530,7 @@ async def serve(
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    reloads: set[asyncio.Task[None]] = set()
-
-    async def reload() -> None:
-        # Parsing and validating route files is the slow part (YAML): off the event loop,
-        # so traffic keeps flowing while a large table loads.
-        routes = await asyncio.to_thread(worker.read_routes)
-        if routes is None:
-            return
-        if worker.link is None and needs_control_plane(routes):
-            log.error(
-                "route reload rejected: container services and health checks need the"
-                " control plane; restart Guard to start it"
-            )
-            worker.metrics.reloads["failure"] += 1
-            return
-        if host is not None:
-            await host.reload(routes)  # controllers first: the worker's wakes need them
-        worker.apply_routes(routes)
+    reloads: set[asyncio.Task[ReloadOutcome]] = set()
 
     def on_sighup() -> None:
         task = loop.create_task(reload())

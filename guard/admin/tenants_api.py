@@ -1,0 +1,96 @@
+"""``GET /v1/tenants[/{name}]``: each tenant's quota (``tenants:`` in guard.yaml) and use.
+
+Use is what the tenant's admin file (``routes/_admin-<tenant>.yaml``) runs now: instances
+of its container services that are not stopped, and the cpu and memory they reserve
+(``container.resources``; an instance without a limit reserves nothing here, and says so).
+Quotas are shown, not enforced yet: enforcement comes with ``POST /v1/containers``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from guard.admin.answers import Answer, error_answer, json_answer
+from guard.admin.auth import Caller
+from guard.admin.tenancy import admin_file, owner_of
+from guard.config.model import GuardConfig, RoutesConfig
+from guard.control.state import Phase
+
+if TYPE_CHECKING:
+    from guard.control.plane import ControlPlane
+
+
+class TenantsApi:
+    def __init__(
+        self,
+        config: GuardConfig,
+        token_tenants: frozenset[str],
+        routes: Callable[[], RoutesConfig],
+        plane: Callable[[], ControlPlane | None],
+    ) -> None:
+        self.config = config
+        self.token_tenants = token_tenants
+        self.routes = routes
+        self.plane = plane
+
+    def known(self) -> list[str]:
+        """Tenants with a quota, a token or an admin file in force."""
+        names = set(self.config.tenants) | set(self.token_tenants)
+        routes = self.routes()
+        for source in [r.source for r in routes.routes] + [
+            s.source for s in routes.services.values()
+        ]:
+            owner = owner_of(source)
+            if owner is not None and owner != "*":
+                names.add(owner)
+        return sorted(names)
+
+    def get(self, caller: Caller, name: str | None) -> Answer:
+        names = self.known() if caller.all else [caller.tenant]
+        if name is None:
+            return json_answer(200, {"tenants": [self._view(n) for n in names]})
+        if name not in names:
+            return error_answer(404, "tenant_not_found", f"no tenant {name!r}")
+        return json_answer(200, self._view(name))
+
+    def _view(self, name: str) -> dict[str, Any]:
+        quota = self.config.tenants.get(name)
+        routes = self.routes()
+        services = [s for s in routes.services.values() if owner_of(s.source) == name]
+        plane = self.plane()
+        containers = 0
+        cpu = 0.0
+        memory = 0
+        unlimited = 0
+        for svc in services:
+            ctl = plane.controllers.get(svc.name) if plane is not None else None
+            if ctl is None or svc.container is None:
+                continue
+            res = svc.container.resources
+            for inst in ctl.instances():
+                if inst.phase is Phase.STOPPED:
+                    continue
+                containers += 1
+                cpu += res.cpu or 0.0
+                memory += res.memory or 0
+                if res.cpu is None or res.memory is None:
+                    unlimited += 1
+        return {
+            "name": name,
+            "file": admin_file(name),
+            "quota": {
+                "max_containers": quota.max_containers if quota else None,
+                "max_cpu": quota.max_cpu if quota else None,
+                "max_memory": quota.max_memory if quota else None,
+                "enforced": False,
+            },
+            "use": {
+                "containers": containers,
+                "cpu": round(cpu, 6),
+                "memory": memory,
+                "containers_without_limits": unlimited,
+            },
+            "services": sorted(s.name for s in services),
+            "routes": sorted(r.name for r in routes.routes if owner_of(r.source) == name),
+        }
