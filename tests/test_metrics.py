@@ -271,8 +271,11 @@ def test_admin_endpoints(tmp_path: Path, demos: list[Demo]) -> None:
     [
         ({"address": "0.0.0.0:{port}"}, "is not a loopback address"),
         (
-            {"address": "127.0.0.1:{port}", "tokens": [{"token_env": "T", "tenant": "*"}]},
-            "admin.tokens: not supported yet",
+            {
+                "address": "127.0.0.1:{port}",
+                "tokens": [{"token_env": "GUARD_TEST_UNSET_TOKEN", "tenant": "*"}],
+            },
+            "admin.tokens[0].token_env: environment variable GUARD_TEST_UNSET_TOKEN is not set",
         ),
     ],
 )

@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from guard.admin.auth import ALL
+from guard.admin.tenancy import owner_of
 from guard.control.state import Instance, Phase
 from guard.drivers.base import DriverError
 from guard.usage.ledger import InstanceSlice, TrafficSlice, UsageLedger
@@ -126,7 +128,7 @@ class UsageMeter:
                     id=f"{inst.id}@{int(prev.wall * 1e9)}",
                     instance=inst.id,
                     service=inst.service,
-                    tenant=None,
+                    tenant=self.tenant_of(inst.service),
                     driver=spec.driver,
                     start=prev.wall,
                     end=reading.wall,
@@ -149,7 +151,7 @@ class UsageMeter:
                 id=f"{report.route}#{report.worker}@{int(report.start * 1e9)}",
                 route=report.route,
                 service=report.service,
-                tenant=None,
+                tenant=self.tenant_of(report.service),
                 start=report.start,
                 end=report.end,
                 requests=report.requests,
@@ -157,6 +159,14 @@ class UsageMeter:
                 bytes_out=report.bytes_out,
             )
         )
+
+    def tenant_of(self, service: str) -> str | None:
+        """The tenant whose admin route file defines ``service`` (None: the operator's)."""
+        if self.plane is None:
+            return None
+        cfg = self.plane.routes.services.get(service)
+        owner = owner_of(cfg.source) if cfg is not None else None
+        return owner if owner not in (None, ALL) else None
 
     async def close(self) -> None:
         if self._task is not None:
