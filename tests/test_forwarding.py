@@ -163,7 +163,6 @@ def test_forwarded_for_value_quotes_ipv6() -> None:
         (b"a.example", b"host=a.example"),
         (b"a.example:8443", b'host="a.example:8443"'),
         (b"[::1]:80", b'host="[::1]:80"'),
-        (b'we"ird', b'host="we\\"ird"'),
     ],
 )
 def test_forwarded_host_quoted_when_not_a_token(host: bytes, expected: bytes) -> None:

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httptools
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
@@ -409,20 +408,8 @@ def test_response_codec_never_crashes(
             p.feed_eof()
     except GuardError:
         pass
-    except httptools.HttpParserCallbackError:
-        # The known bug (test_known_bug_bytes_after_response_past_head_limit): tolerated
-        # only in its own shape - a response completed, then more bytes in the same read.
-        assert parser == "httptools" and events.completes == 1, (data, cuts)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=httptools.HttpParserCallbackError,
-    reason="HttptoolsResponseParser.feed: when a complete response and stray bytes after it "
-    "pass max_header_bytes in one read, the bytes past the limit are fed to the llhttp "
-    "parser that already stopped on them (_AfterResponse), which re-raises a bare "
-    "HttpParserCallbackError instead of marking garbage",
-)
 @pytest.mark.parametrize(
     "response",
     [
@@ -431,7 +418,7 @@ def test_response_codec_never_crashes(
     ],
     ids=["204-then-junk", "200-then-responses"],
 )
-def test_known_bug_bytes_after_response_past_head_limit(response: bytes) -> None:
+def test_bytes_after_response_past_head_limit_are_garbage(response: bytes) -> None:
     events = _ResponseEvents()
     p = make_response_parser("httptools", events, max_header_bytes=256, max_headers=8)
     p.start(b"GET")

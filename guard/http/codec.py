@@ -8,6 +8,7 @@ both parsers, so the two codecs behave identically at the proxy's edges.
 
 from __future__ import annotations
 
+import re
 from typing import Protocol
 
 from guard.errors import BadRequest, ExpectationFailed, UpstreamProtocolError
@@ -177,6 +178,12 @@ def _transfer_encoding_ok(count: int, value: bytes) -> bool:
     return count == 1 and value.strip(b" \t").lower() == b"chunked"
 
 
+# uri-host [":" port] (RFC 3986 3.2.2): an IP literal, or a reg-name of the characters
+# host names use (unreserved and %-escapes; sub-delims such as "," ";" "!" are allowed by
+# the RFC but never appear in real names, and a comma reads as a list to many backends).
+VALID_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%-]*)(?::[0-9]{0,5})?")
+
+
 def apply_request_framing(head: RequestHead) -> None:
     """Fill the framing fields of a request head from its headers, rejecting smuggling.
 
@@ -211,6 +218,10 @@ def apply_request_framing(head: RequestHead) -> None:
             else:
                 raise ExpectationFailed("unsupported expectation")
     if te_count:
+        if head.version == b"1.0":
+            # RFC 9112 6.1: chunked framing in an HTTP/1.0 message is faulty framing: the
+            # sender may be a 1.0 intermediary that did not understand it.
+            raise BadRequest("transfer-encoding in an HTTP/1.0 request")
         if content_length is not None:
             raise BadRequest("both content-length and transfer-encoding")
         if not _transfer_encoding_ok(te_count, te_value):
@@ -226,9 +237,17 @@ def apply_request_framing(head: RequestHead) -> None:
         head.keep_alive = b"keep-alive" in connection
     else:
         raise BadRequest("unsupported http version")
+    if host is not None and not VALID_HOST.fullmatch(host):
+        # RFC 9112 3.2: a Host that is not uri-host [":" port] is a 400; forwarding it
+        # would hand backends "a b", "user@h" or "h/evil" as the host they build URLs on.
+        raise BadRequest("invalid host header")
+    if b"#" in head.target:
+        raise BadRequest("fragment in the request target")  # RFC 9112 3.2: never sent
     head.host = host or b""
-    if head.upgrade is not None and b"upgrade" not in connection:
-        head.upgrade = None  # an Upgrade header without Connection: upgrade asks for nothing
+    if head.upgrade is not None and (b"upgrade" not in connection or head.version != b"1.1"):
+        # An Upgrade without Connection: upgrade asks for nothing, and HTTP/1.0 has no
+        # upgrades (RFC 9110 7.8: ignore it): served as a plain request.
+        head.upgrade = None
 
 
 def apply_response_framing(head: ResponseHead, method: bytes) -> None:

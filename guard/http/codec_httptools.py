@@ -275,6 +275,13 @@ class HttptoolsResponseParser:
                 if self._in_head and not self._done:
                     raise UpstreamProtocolError("response header block too large")
                 data = data[allowed:]
+                if self._done:
+                    # The response ended inside the allowed part: what follows answers
+                    # no request, and llhttp, stopped at the response's end, must not
+                    # be fed again.
+                    if data:
+                        self.garbage = True
+                    return
         self._feed(data)
 
     def _feed(self, data: bytes) -> None:

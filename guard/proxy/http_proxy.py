@@ -28,7 +28,7 @@ from guard.errors import (
     UpstreamTimeout,
     WakeTimeout,
 )
-from guard.http.codec import RequestHead, ResponseHead, make_request_parser
+from guard.http.codec import VALID_HOST, RequestHead, ResponseHead, make_request_parser
 from guard.http.forwarding import (
     RequestForwarder,
     error_response_bytes,
@@ -59,6 +59,10 @@ _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE
 
 # Deadline kinds
 _T_HEADER, _T_IDLE, _T_RESPONSE, _T_WAKE, _T_BODY = 1, 2, 3, 4, 5
+
+
+class _BadAuthority(BadRequest):
+    """An absolute-form target whose authority is empty or carries userinfo."""
 
 
 class _Request:
@@ -432,7 +436,11 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
                 raise BodyTooLarge("request body too large")
             target = head.target
             if not target.startswith(b"/"):
-                target = self._origin_form(head)
+                try:
+                    target = self._origin_form(head)
+                except _BadAuthority:
+                    self._keep_alive = False  # llhttp closes on these too: one verdict
+                    raise
             path = target if (q := target.find(b"?")) < 0 else target[:q]
             match = ctx.table.match(head.host, path, head.method, head.headers)
             if match is None:
@@ -531,6 +539,14 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
 
     def _dispatch(self, pool: UpstreamPool) -> None:
         head = self._active.head  # type: ignore[union-attr]
+        # Forwarded as HTTP/1.1, which requires a Host: an HTTP/1.0 client may send none,
+        # and a target without an authority gets an empty one (RFC 9112 3.2).
+        if (
+            not head.host
+            and head.version == b"1.0"
+            and all(name != b"host" for name, _ in head.headers)
+        ):
+            head.headers.insert(0, (b"host", b""))
         self._pool = pool
         pool.backend.in_flight += 1
         if head.expect_continue:
@@ -616,8 +632,20 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         if scheme_end < 0:
             raise BadRequest("invalid request target")
         rest = target[scheme_end + 3 :]
-        slash = rest.find(b"/")
-        authority, origin = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
+        # The authority ends at the path or the query (RFC 3986 3.2): "http://h?x=1" is
+        # host h, target "/?x=1".
+        end = len(rest)
+        for stop in (b"/", b"?"):
+            i = rest.find(stop)
+            if 0 <= i < end:
+                end = i
+        authority, origin = rest[:end], rest[end:]
+        if not origin.startswith(b"/"):
+            origin = b"/" + origin
+        if not authority or b"@" in authority or not VALID_HOST.fullmatch(authority):
+            # Empty, or with userinfo ("user@host", "h:pw@evil"): never a host to route
+            # by or to hand a backend (RFC 9110 4.2.4 deprecates userinfo in http URIs).
+            raise _BadAuthority("invalid authority in the request target")
         head.host = authority
         # RFC 9112 3.2.2: the received Host is ignored and the one sent on is the target's
         # authority. Forwarding the client's Host let the backend see another virtual host
