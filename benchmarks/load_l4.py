@@ -14,6 +14,10 @@ front of the udp echo, then measures, one target after the other:
   sent and received by two threads with 1 MiB socket calls; 1 GiB if 256 MiB took < 15 s.
 * UDP: 20 client sockets, 64-byte datagrams, 8 in flight per socket, replies/s.
 
+Next to the rate, each tcp-echo and udp row has the CPU time the target's processes (its
+process group, from ``/proc``) spent per message during the measured window: on a shared
+2-core box the rate moves with whatever else runs, the CPU per message much less.
+
 "direct" is the echo backend without a proxy. Every process runs in its own process group
 and is killed on the way out. CPUs are not pinned: on the 2-core reference machine the
 client, the proxy and the Python echo backend share them, so absolute numbers are lower
@@ -60,6 +64,7 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 class Procs:
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.pgid: dict[str, int] = {}  # log name -> process group (its own session)
 
     def start(self, cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
         with open(log, "wb") as out:
@@ -67,6 +72,7 @@ class Procs:
                 cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True
             )
         self.procs.append(proc)
+        self.pgid[log.stem] = proc.pid
         return proc
 
     def stop_all(self) -> None:
@@ -81,6 +87,25 @@ class Procs:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def group_cpu(pgid: int) -> float:
+    """CPU seconds (user + system) of every live process in process group ``pgid``."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        if int(fields[2]) == pgid:  # fields from "state": pgrp is the 3rd, utime the 12th
+            total += int(fields[11]) + int(fields[12])
+    return total / _TICK
 
 
 def wait_tcp(port: int, timeout: float = 15) -> None:
@@ -134,7 +159,7 @@ class _EchoClient(asyncio.Protocol):
                 self.transport.write(self.msg)  # type: ignore[union-attr]
 
 
-async def _tcp_rr(port: int, conns: int, duration: float) -> float:
+async def _tcp_rr(port: int, conns: int, duration: float, pgid: int) -> tuple[float, float]:
     loop = asyncio.get_running_loop()
     counter, stop = [0], [False]
     msg = os.urandom(1024)
@@ -145,18 +170,20 @@ async def _tcp_rr(port: int, conns: int, duration: float) -> float:
         )
         transports.append(t)
     await asyncio.sleep(0.5)  # warm-up
-    start_count, start = counter[0], time.perf_counter()
+    cpu0, start_count, start = group_cpu(pgid), counter[0], time.perf_counter()
     await asyncio.sleep(duration)
-    rate = (counter[0] - start_count) / (time.perf_counter() - start)
+    count, cpu = counter[0] - start_count, group_cpu(pgid) - cpu0
+    rate = count / (time.perf_counter() - start)
     stop[0] = True
     for t in transports:
         t.close()
-    return rate
+    return rate, cpu / count * 1e6 if count else 0.0
 
 
-def tcp_rr(port: int, conns: int, duration: float) -> float:
+def tcp_rr(port: int, conns: int, duration: float, pgid: int) -> tuple[float, float]:
+    """(round trips/s, the target's CPU µs per round trip)."""
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(_tcp_rr(port, conns, duration))
+        return runner.run(_tcp_rr(port, conns, duration, pgid))
 
 
 def tcp_bulk(port: int, total: int) -> float:
@@ -207,7 +234,9 @@ class _UdpClient(asyncio.DatagramProtocol):
         self.transport.sendto(self.msg)  # type: ignore[union-attr]
 
 
-async def _udp(port: int, clients: int, duration: float, window: int = 8) -> float:
+async def _udp(
+    port: int, clients: int, duration: float, pgid: int, window: int = 8
+) -> tuple[float, float]:
     loop = asyncio.get_running_loop()
     counter = [0]
     protos = []
@@ -228,18 +257,20 @@ async def _udp(port: int, clients: int, duration: float, window: int = 8) -> flo
 
     refiller = asyncio.ensure_future(keep_windows_full())
     await asyncio.sleep(0.5)
-    start_count, start = counter[0], time.perf_counter()
+    cpu0, start_count, start = group_cpu(pgid), counter[0], time.perf_counter()
     await asyncio.sleep(duration)
-    rate = (counter[0] - start_count) / (time.perf_counter() - start)
+    count, cpu = counter[0] - start_count, group_cpu(pgid) - cpu0
+    rate = count / (time.perf_counter() - start)
     refiller.cancel()
     for p in protos:
         p.transport.close()  # type: ignore[union-attr]
-    return rate
+    return rate, cpu / count * 1e6 if count else 0.0
 
 
-def udp_rate(port: int, clients: int, duration: float) -> float:
+def udp_rate(port: int, clients: int, duration: float, pgid: int) -> tuple[float, float]:
+    """(echoed datagrams/s, the target's CPU µs per echoed datagram)."""
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(_udp(port, clients, duration))
+        return runner.run(_udp(port, clients, duration, pgid))
 
 
 # -- servers ---------------------------------------------------------------------------
@@ -331,6 +362,7 @@ def main() -> int:
     want_nginx = nginx_has_stream()
     procs = Procs()
     rows: list[tuple[str, str, float, str]] = []  # (test, target, value, unit)
+    cpu_us: dict[tuple[str, str], float] = {}  # (test, target) -> target's CPU µs per msg
     notes: list[str] = []
     if not want_nginx:
         notes.append("nginx stream module missing: UDP compared with direct only")
@@ -338,17 +370,26 @@ def main() -> int:
         tmp = Path(tmpdir)
         try:
             ports = start_all(tmp, procs, want_nginx)
+            pg = procs.pgid
             tcp_targets = [("direct", ports["echo"]), ("guard", ports["guard_tcp"])]
+            tcp_pg = {"direct": pg["echo"], "guard": pg["guard"]}
             if "haproxy" in ports:
                 tcp_targets.append(("haproxy", ports["haproxy"]))
+                tcp_pg["haproxy"] = pg["haproxy"]
             udp_targets = [("direct", ports["uecho"]), ("guard", ports["guard_udp"])]
+            udp_pg = {"direct": pg["uecho"], "guard": pg["guard"]}
             if "nginx_udp" in ports:
                 udp_targets.append(("nginx", ports["nginx_udp"]))
+                udp_pg["nginx"] = pg["nginx"]
             if "tcp" in only:
                 for name, port in tcp_targets:
-                    rate = tcp_rr(port, 50, args.duration)
-                    print(f"tcp echo 1KiB x50  {name:8} {rate:12,.0f} msg/s", flush=True)
+                    rate, us = tcp_rr(port, 50, args.duration, tcp_pg[name])
+                    print(
+                        f"tcp echo 1KiB x50  {name:8} {rate:12,.0f} msg/s  {us:6.2f} CPU us/msg",
+                        flush=True,
+                    )
                     rows.append(("tcp echo 1 KiB, 50 conns", name, rate, "msg/s"))
+                    cpu_us[("tcp echo 1 KiB, 50 conns", name)] = us
             if "bulk" in only:
                 size = args.bulk_mib * MiB
                 # 1 GiB when the requested size is quick enough everywhere.
@@ -363,12 +404,16 @@ def main() -> int:
                     )
             if "udp" in only:
                 for name, port in udp_targets:
-                    rate = udp_rate(port, 20, args.duration)
-                    print(f"udp echo 64B x20   {name:8} {rate:12,.0f} dgram/s", flush=True)
+                    rate, us = udp_rate(port, 20, args.duration, udp_pg[name])
+                    print(
+                        f"udp echo 64B x20   {name:8} {rate:12,.0f} dgram/s  {us:6.2f} CPU us/msg",
+                        flush=True,
+                    )
                     rows.append(("udp echo 64 B, 20 clients", name, rate, "dgram/s"))
+                    cpu_us[("udp echo 64 B, 20 clients", name)] = us
         finally:
             procs.stop_all()
-    table = render(rows, notes, args)
+    table = render(rows, cpu_us, notes, args)
     print(table)
     with open(args.results, "a") as f:
         f.write(table)
@@ -376,7 +421,10 @@ def main() -> int:
 
 
 def render(
-    rows: list[tuple[str, str, float, str]], notes: list[str], args: argparse.Namespace
+    rows: list[tuple[str, str, float, str]],
+    cpu_us: dict[tuple[str, str], float],
+    notes: list[str],
+    args: argparse.Namespace,
 ) -> str:
     cmd = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/load_l4.py", *sys.argv[1:]])
     when = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
@@ -385,14 +433,16 @@ def render(
         f"`{cmd}` on {platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}; backends: `python -m guard.demo tcp|udp`; "
         "Guard workers: 1, HAProxy nbthread 1, nginx 1 worker.\n",
-        "| test | target | result | Guard ÷ target |",
-        "|---|---|---:|---:|",
+        "| test | target | result | Guard ÷ target | target CPU µs/msg |",
+        "|---|---|---:|---:|---:|",
     ]
     guard = {test: value for test, target, value, _ in rows if target == "guard"}
     for test, target, value, unit in rows:
         ratio = guard[test] / value if value and test in guard else 0.0
         rel = "1.00x" if target == "guard" else f"{ratio:.2f}x"
-        lines.append(f"| {test} | {target} | {value:,.0f} {unit} | {rel} |")
+        us = cpu_us.get((test, target))
+        cpu = f"{us:.2f}" if us is not None else "-"
+        lines.append(f"| {test} | {target} | {value:,.0f} {unit} | {rel} | {cpu} |")
     lines.extend(f"\n{note}" for note in notes)
     return "\n".join(lines) + "\n"
 
