@@ -421,6 +421,8 @@ class RawBackend:
     Counts accepted connections and (with ``record``) keeps the exact bytes received.
     """
 
+    conn_class: type[BackendConn] = BackendConn  # a subclass may record more per connection
+
     def __init__(self, handler: Handler, *, record: bool = True) -> None:
         self.handler = handler
         self.record = record
@@ -458,7 +460,7 @@ class RawBackend:
             except OSError:
                 return
             sock.settimeout(30)
-            conn = BackendConn(self, sock)
+            conn = self.conn_class(self, sock)
             with self.lock:
                 self.conns.append(conn)
             t = threading.Thread(target=self._run, args=(conn,), daemon=True)

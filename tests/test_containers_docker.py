@@ -21,7 +21,6 @@ services ``dk<random>`` and only ever looks at (and cleans up) containers whose
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 import time
 import uuid
@@ -33,11 +32,15 @@ import aiodocker
 import pytest
 from aiodocker.exceptions import DockerError
 
-from guard.drivers.docker import LABEL_ID, LABEL_INSTANCE, LABEL_MANAGED, docker_available
+from guard.drivers.docker import LABEL_ID, LABEL_INSTANCE, LABEL_MANAGED
+from tests import test_docker_driver
 from tests.conftest import GuardFactory, GuardProc
 from tests.helpers import assert_guard_error, fetch, wait_for
 from tests.test_containers import burst, events
-from tests.test_docker_driver import BUILD_IMAGE, IMAGE, SOCKET, _image_present, _unavailable
+from tests.test_docker_driver import IMAGE, SOCKET
+
+# The session fixture that checks the daemon and builds the image, shared, not copied.
+docker_image = test_docker_driver.docker_image
 
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="docker on linux"),
@@ -56,20 +59,6 @@ GUARD_ID = f"guard-test-{uuid.uuid4().hex[:8]}"  # drivers.docker.guard_id of ev
 def parser() -> str:
     """Waking does not depend on the HTTP parser: one parser, half the container starts."""
     return "httptools"
-
-
-@pytest.fixture(scope="session")
-def docker_image() -> str:
-    reason = asyncio.run(docker_available(SOCKET))
-    if reason is not None:
-        _unavailable(f"no docker daemon: {reason}")
-    if not asyncio.run(_image_present(IMAGE)):
-        built = subprocess.run(
-            ["bash", str(BUILD_IMAGE), IMAGE], capture_output=True, text=True, timeout=60
-        )
-        if built.returncode != 0:
-            _unavailable(f"cannot build {IMAGE}: {built.stderr.strip() or built.stdout.strip()}")
-    return IMAGE
 
 
 # ------------------------------------------------------------------------------ helpers

@@ -22,7 +22,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -266,6 +265,8 @@ def _answer(conn: BackendConn) -> None:
 class RecordingBackend(RawBackend):
     """A RawBackend whose connections log every byte read, in arrival order."""
 
+    conn_class = _RecordingConn
+
     def __init__(self) -> None:
         self.log: list[tuple[int, bytes]] = []  # (connection number, bytes)
         self.mode = "ok"  # how requests are answered (BACKEND_MODES)
@@ -278,25 +279,6 @@ class RecordingBackend(RawBackend):
             n = self._ids.setdefault(id(conn), len(self._ids))
             self.log.append((n, data))
             self.last = time.monotonic()
-
-    def _accept(self) -> None:  # RawBackend's, with _RecordingConn
-        import select
-
-        while not self.stopping.is_set():
-            r, _, _ = select.select([self.listener], [], [], 0.05)
-            if not r:
-                continue
-            try:
-                sock, _ = self.listener.accept()
-            except OSError:
-                return
-            sock.settimeout(30)
-            conn = _RecordingConn(self, sock)
-            with self.lock:
-                self.conns.append(conn)
-            t = threading.Thread(target=self._run, args=(conn,), daemon=True)
-            t.start()
-            self.threads.append(t)
 
     def mark(self) -> tuple[int, int]:
         with self.lock:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from guard.usage import UsageRow
 from guard.usage.ledger import UsageLedger
 from tests.conftest import GuardFactory
 from tests.helpers import REPO, Resp, assert_guard_error, fetch, free_port, wait_for
@@ -44,6 +45,27 @@ BURNER = textwrap.dedent(
     HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
     """
 )
+
+
+# A pooled guard.demo service on the process driver.
+DEMO = {
+    "container": {
+        "driver": "process",
+        "command": [sys.executable, "-m", "guard.demo", "http"],
+        "env": {"PYTHONPATH": str(REPO)},
+        "ready": {"http": "/healthz"},
+    },
+}
+
+
+def by_service(path: Path) -> list[UsageRow]:
+    """The ledger's rows per service, read as `guard usage` reads them."""
+    ledger = UsageLedger(path)
+    ledger.open()
+    try:
+        return ledger.query(None, None, "service")
+    finally:
+        ledger.close()
 
 
 def test_ledger_matches_traffic_and_cpu(guard: GuardFactory, tmp_path: Path) -> None:
@@ -97,12 +119,7 @@ def test_ledger_matches_traffic_and_cpu(guard: GuardFactory, tmp_path: Path) -> 
     g.stop()  # SIGTERM: drain, stop instances (their last slices), final flush
     assert g.proc.returncode == 0, g.stderr[-2000:]
 
-    ledger = UsageLedger(ledger_path)
-    ledger.open()
-    try:
-        rows = {row.key: row for row in ledger.query(None, None, "service")}
-    finally:
-        ledger.close()
+    rows = {row.key: row for row in by_service(ledger_path)}
     demo, burn = rows["demo"], rows["burn"]
     assert demo.requests == 4
     assert demo.bytes_out == received  # response body bytes, counted as they passed
@@ -121,28 +138,14 @@ def test_ledger_keeps_flushed_usage_when_guard_is_sigkilled(
     ledger_path = tmp_path / "usage.sqlite"
     g = guard(
         servers=None,
-        services={
-            "app": {
-                "container": {
-                    "driver": "process",
-                    "command": [sys.executable, "-m", "guard.demo", "http"],
-                    "env": {"PYTHONPATH": str(REPO)},
-                    "ready": {"http": "/healthz"},
-                },
-            }
-        },
+        services={"app": DEMO},
         extra={"drivers": {"process": {}}, "usage": {"ledger": str(ledger_path), "flush": "100ms"}},
     )
     for _ in range(20):
         assert fetch(g.port, target="/bytes/100", timeout=15).status == 200
 
     def flushed() -> float:
-        ledger = UsageLedger(ledger_path)
-        ledger.open()
-        try:
-            rows = ledger.query(None, None, "service")
-        finally:
-            ledger.close()
+        rows = by_service(ledger_path)
         return rows[0].requests if rows else 0
 
     wait_for(lambda: flushed() == 20, 5, "the 20 requests to be flushed")
@@ -156,16 +159,7 @@ def test_two_workers_send_their_traffic_to_the_one_ledger(
 ) -> None:
     ledger_path = tmp_path / "usage.sqlite"
     g = guard(
-        services={
-            "app": {
-                "container": {
-                    "driver": "process",
-                    "command": [sys.executable, "-m", "guard.demo", "http"],
-                    "env": {"PYTHONPATH": str(REPO)},
-                    "ready": {"http": "/healthz"},
-                },
-            }
-        },
+        services={"app": DEMO},
         extra={
             "workers": 2,
             "drivers": {"process": {}},
@@ -176,12 +170,7 @@ def test_two_workers_send_their_traffic_to_the_one_ledger(
         assert fetch(g.port, target="/bytes/1000", timeout=15).status == 200
     g.stop()
     assert g.proc.returncode == 0, g.stderr[-2000:]
-    ledger = UsageLedger(ledger_path)
-    ledger.open()
-    try:
-        (row,) = ledger.query(None, None, "service")
-    finally:
-        ledger.close()
+    (row,) = by_service(ledger_path)
     assert row.requests == 30 and row.bytes_out == 30_000
     assert row.instances == 1 and row.measured_core_ms > 0
 
@@ -190,16 +179,7 @@ def test_admin_usage_endpoint(guard: GuardFactory, tmp_path: Path) -> None:
     admin = free_port()
     g = guard(
         servers=None,
-        services={
-            "app": {
-                "container": {
-                    "driver": "process",
-                    "command": [sys.executable, "-m", "guard.demo", "http"],
-                    "env": {"PYTHONPATH": str(REPO)},
-                    "ready": {"http": "/healthz"},
-                },
-            }
-        },
+        services={"app": DEMO},
         extra={
             "drivers": {"process": {}},
             "usage": {"ledger": str(tmp_path / "u.sqlite"), "flush": "100ms"},
