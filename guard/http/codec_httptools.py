@@ -69,18 +69,18 @@ class HttptoolsRequestParser:
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._in_head:
-            return  # chunked trailers: dropped, the same as the h11 codec does
-        headers = self._headers
-        if len(headers) >= self._max_headers:
-            raise HeaderTooLarge("too many headers")
-        # llhttp keeps trailing whitespace in a value; it is not part of it (RFC 9110 5.5).
-        # (No other whitespace can end a value: llhttp rejects the other controls.)
-        headers.append((name.lower(), value.rstrip()))
+        # Called once per header: kept to the one append. The count is checked when the
+        # head ends (the head's size bounds how many can pile up before that).
+        if self._in_head:  # else chunked trailers: dropped, the same as the h11 codec does
+            # llhttp keeps trailing whitespace in a value; it is not part of it (RFC 9110
+            # 5.5). (No other whitespace can end a value: llhttp rejects other controls.)
+            self._headers.append((name.lower(), value.rstrip()))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_bytes = 0
+        if len(self._headers) > self._max_headers:
+            raise HeaderTooLarge("too many headers")
         if self._mid and _measured_size(self._url, self._headers) > self._max_header_bytes:
             # a pipelined head that started inside a feed was not counted byte by byte
             raise HeaderTooLarge("request header block too large")
@@ -214,15 +214,14 @@ class HttptoolsResponseParser:
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._in_head:
-            return
-        if len(self._headers) >= self._max_headers:
-            raise UpstreamProtocolError("too many response headers")
-        self._headers.append((name.lower(), value.rstrip()))
+        if self._in_head:  # (trailers are dropped; the count is checked at the head's end)
+            self._headers.append((name.lower(), value.rstrip()))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_bytes = 0
+        if len(self._headers) > self._max_headers:
+            raise UpstreamProtocolError("too many response headers")
         p = self._parser
         version = _VERSIONS.get(p.get_http_version())
         if version is None:

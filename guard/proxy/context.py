@@ -89,15 +89,24 @@ class RouteStats:
     def observe(
         self, status: int, method: bytes, error: str, duration: float, upstream: float
     ) -> None:
-        key = (
-            _STATUS_CLASSES[status // 100] if 100 <= status < 600 else "aborted",
-            method.decode() if method in _KNOWN_METHODS else "OTHER",
-        )
-        self.requests[key] = self.requests.get(key, 0) + 1
+        # Once per request: the label pair comes from a cache and both histograms are
+        # updated inline (each a bisect and two adds).
+        key = _REQUEST_KEYS.get((status, method))
+        if key is None:
+            key = _request_key(status, method)
+        requests = self.requests
+        requests[key] = requests.get(key, 0) + 1
         if error:
             self.errors[error] = self.errors.get(error, 0) + 1
-        self.duration.observe(duration)
-        self.overhead.observe(max(duration - upstream, 0.0))
+        hist = self.duration
+        hist.counts[bisect_left(DURATION_BOUNDS, duration)] += 1
+        hist.sum += duration
+        overhead = duration - upstream
+        if overhead < 0.0:
+            overhead = 0.0
+        hist = self.overhead
+        hist.counts[bisect_left(DURATION_BOUNDS, overhead)] += 1
+        hist.sum += overhead
 
     @property
     def total(self) -> int:
@@ -105,6 +114,21 @@ class RouteStats:
 
 
 _STATUS_CLASSES = ("", "1xx", "2xx", "3xx", "4xx", "5xx")
+
+# (status, method) -> the (status class, method) labels of RouteStats.requests. Bounded:
+# only known methods are cached, and statuses are three-digit numbers.
+_REQUEST_KEYS: dict[tuple[int, bytes], tuple[str, str]] = {}
+
+
+def _request_key(status: int, method: bytes) -> tuple[str, str]:
+    known = method in _KNOWN_METHODS
+    key = (
+        _STATUS_CLASSES[status // 100] if 100 <= status < 600 else "aborted",
+        method.decode() if known else "OTHER",
+    )
+    if known and 0 <= status < 1000:
+        _REQUEST_KEYS[(status, method)] = key
+    return key
 
 
 class AccessLog:

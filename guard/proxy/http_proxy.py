@@ -57,6 +57,8 @@ _MAX_REPLAY = 64 * 1024  # bytes kept so a request can be resent on a fresh conn
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
+_clock = time.perf_counter
+
 # Deadline kinds
 _T_HEADER, _T_IDLE, _T_RESPONSE, _T_WAKE, _T_BODY = 1, 2, 3, 4, 5
 
@@ -241,15 +243,18 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         if self._deadline_kind == _T_IDLE:
             self._set_deadline(_T_HEADER, self._ctx.request_header_timeout)
         parser = self._parser
+        cork = CORK
         while True:
-            CORK.depth += 1
+            cork.depth += 1
             try:
                 parser.feed(data)
             except GuardError as e:
                 self._on_parse_error(e)
                 return
             finally:
-                CORK.release()
+                cork.depth -= 1  # CORK.release(), inlined: this runs once per read
+                if not cork.depth and cork.dirty:
+                    cork.flush()
             if parser.upgraded_tail is None or self._parsing is not None or self._closed:
                 return
             if self._active is not None or self._pending:
@@ -375,7 +380,9 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
             return
         req.complete = True
         if req is self._active:
-            if self._hold is None:  # held requests wait on the wake deadline instead
+            # Held requests wait on the wake deadline instead; a request without a body
+            # got its response deadline when it became active, a moment ago.
+            if self._hold is None and self._deadline_kind != _T_RESPONSE:
                 self._set_deadline(_T_RESPONSE, self._ctx.response_header_timeout)
             if req.head.chunked and self._upstream is not None:
                 self._send_upstream(b"0\r\n\r\n")
@@ -410,10 +417,10 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
     def _activate(self, req: _Request) -> None:
         self._reset_exchange()
         self._active = req
-        self._t_start = time.perf_counter()
+        self._t_start = _clock()
         ctx = self._ctx
         head = req.head
-        if req.complete:
+        if req.complete or not (head.chunked or head.content_length):
             self._set_deadline(_T_RESPONSE, ctx.response_header_timeout)
         else:
             # The body is still coming: each chunk must follow the last within body_read.
@@ -460,7 +467,7 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
                 self._ws_max = route.config.websocket.max_message
                 head.headers = [h for h in head.headers if h[0] != b"sec-websocket-extensions"]
             service = route.target
-            self._stats = ctx.route_stats(route.name, service.name)
+            self._stats = ctx.stats.get(route.name) or ctx.route_stats(route.name, service.name)
             self._service_name = service.name
             self._target = route.rewrite_target(target) if route.strip_prefix else target
             if service.wakeable:
@@ -688,19 +695,21 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
                 conn.write(data)
             ended = bool(replay) and replay[-1] == b"0\r\n\r\n"
         else:
-            self._t_upstream = time.perf_counter()
+            self._t_upstream = _clock()
             data = self._forwarder.head_bytes(head, self._target)
             self._replay = [data]
             conn.write(data)
         if self._write_paused:
             conn.pause_reading()
-        # Body that arrived before the connection was ready was parked in req.body.
-        body, req.body = req.body, []
-        for chunk in body:
-            self._send_body(chunk)
+        if req.body:
+            # Body that arrived before the connection was ready was parked in req.body.
+            body, req.body = req.body, []
+            for chunk in body:
+                self._send_body(chunk)
         if req.complete and head.chunked and not ended:
             self._send_upstream(b"0\r\n\r\n")
-        self._resume(_PAUSE_BUFFER)
+        if self._read_paused:
+            self._resume(_PAUSE_BUFFER)
 
     def _send_body(self, data: bytes) -> None:
         if self._upstream is None:
@@ -978,7 +987,8 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
                     self.data_received(tail)
 
     def _finish_stats(self, status: int, error: str) -> None:
-        self._cancel_hold()  # an exchange that ends while held leaves the queue
+        if self._hold is not None:
+            self._cancel_hold()  # an exchange that ends while held leaves the queue
         pool = self._pool
         svc = self._svc
         if svc is not None:
@@ -1001,7 +1011,7 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         req = self._active
         if req is None:
             return
-        now = time.perf_counter()
+        now = _clock()
         duration = now - self._t_start
         upstream = now - self._t_upstream if self._t_upstream else 0.0
         stats = self._stats

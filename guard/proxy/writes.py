@@ -50,10 +50,14 @@ class Cork:
 
     def release(self) -> None:
         self.depth -= 1
-        if self.depth == 0:
-            dirty = self.dirty
-            while dirty:
-                dirty.pop().flush_writes()
+        if self.depth == 0 and self.dirty:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write out every queued buffer (the hot paths inline ``release`` around this)."""
+        dirty = self.dirty
+        while dirty:
+            dirty.pop().flush_writes()
 
 
 # One event loop per process, so one cork per process.

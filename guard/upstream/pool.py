@@ -78,7 +78,11 @@ class UpstreamConnection(BufferedWriter, asyncio.Protocol):
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.pool.open += 1
+        pool = self.pool
+        pool.open += 1
+        # A member of the sweeper for as long as it is open: while busy its deadline is
+        # NEVER, so reuse is two attribute stores rather than a set add and discard.
+        pool._sweeper.add(self)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -90,7 +94,8 @@ class UpstreamConnection(BufferedWriter, asyncio.Protocol):
             self.close()
             return
         self._got_bytes = True
-        CORK.depth += 1
+        cork = CORK
+        cork.depth += 1
         try:
             parser = self.parser
             parser.feed(data)
@@ -100,7 +105,9 @@ class UpstreamConnection(BufferedWriter, asyncio.Protocol):
         except GuardError as e:
             client.on_upstream_error(self, e)
         finally:
-            CORK.release()
+            cork.depth -= 1  # CORK.release(), inlined: this runs once per read
+            if not cork.depth and cork.dirty:
+                cork.flush()
 
     def eof_received(self) -> bool:
         # EOF before any byte of the response is not a malformed response: it is the
@@ -239,7 +246,6 @@ class UpstreamPool:
             conn = idle.pop()
             if not conn.closed:
                 conn.deadline = NEVER
-                self._sweeper.discard(conn)
                 self.reuses += 1
                 return conn
         return None
@@ -250,7 +256,6 @@ class UpstreamPool:
             conn.close()
             return
         conn.deadline = self._sweeper.now + self.settings.idle_timeout
-        self._sweeper.add(conn)
         self._idle.append(conn)
 
     def forget(self, conn: UpstreamConnection) -> None:
