@@ -20,13 +20,21 @@ class HasDeadline(Protocol):
     def on_deadline(self) -> None: ...
 
 
+class OnTick(Protocol):
+    def on_tick(self) -> bool:
+        """Called once per sweep; True when the member wants no more ticks."""
+
+
 class DeadlineSweeper:
-    __slots__ = ("_handle", "_loop", "_members", "now", "tick")
+    __slots__ = ("_handle", "_loop", "_members", "_tickers", "now", "tick")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, tick: float) -> None:
         self._loop = loop
         self.tick = tick
         self._members: set[HasDeadline] = set()
+        # Members that do housekeeping once per tick while they have some to do (frame-mode
+        # WebSockets shedding parser state once quiet): empty, this costs nothing.
+        self._tickers: set[OnTick] = set()
         self._handle: asyncio.TimerHandle | None = None
         # A clock good to one tick, so the hot path never asks the OS for the time.
         self.now = loop.time()
@@ -36,6 +44,12 @@ class DeadlineSweeper:
 
     def discard(self, member: HasDeadline) -> None:
         self._members.discard(member)
+
+    def add_ticker(self, member: OnTick) -> None:
+        self._tickers.add(member)
+
+    def discard_ticker(self, member: OnTick) -> None:
+        self._tickers.discard(member)
 
     def __len__(self) -> int:
         return len(self._members)
@@ -55,6 +69,9 @@ class DeadlineSweeper:
         for member in expired:
             member.deadline = NEVER
             member.on_deadline()
+        if self._tickers:
+            done = [m for m in self._tickers if m.on_tick()]
+            self._tickers.difference_update(done)
         self._handle = self._loop.call_later(self.tick, self._sweep)
 
 

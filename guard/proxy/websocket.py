@@ -376,6 +376,7 @@ class _Relay(asyncio.Protocol):
         ctx = self._ctx
         ctx.connections.discard(self)
         ctx.sweeper.discard(self)
+        ctx.sweeper.discard_ticker(self)  # (a frame relay's; a no-op for a tunnel)
         self._ws_stats.open -= 1
         pool = self._pool
         pool.backend.in_flight -= 1
@@ -527,18 +528,49 @@ class ByteTunnel(_Relay):
             self._shut(INTERNAL_ERROR, GOING_AWAY, "backend_closed")
 
 
-class FrameRelay(_Relay):
-    """wsproto on both sides: messages limited, counted and framed again."""
+def _quiescent(ws: Connection | None) -> bool:
+    """True when ``ws`` holds nothing a new Connection would not: open, no byte buffered,
+    no event queued, no message half received or half sent.
 
-    __slots__ = ("_bws", "_counts", "_cws", "_limit", "_size_in", "_size_out")
+    This reads wsproto internals (there is no public way to ask); if they are not what this
+    expects, the answer is False and the connection is simply kept.
+    """
+    if ws is None:
+        return True
+    try:
+        proto = ws._proto
+        decoder = proto._frame_decoder
+        return (
+            ws.state is _OPEN
+            and not ws._events
+            and decoder.header is None
+            and not len(decoder.buffer)
+            and proto._message_decoder.opcode is None
+            and proto._outbound_opcode is None
+        )
+    except AttributeError:
+        return False
+
+
+class FrameRelay(_Relay):
+    """wsproto on both sides: messages limited, counted and framed again.
+
+    The two wsproto connections (~3.4 KiB together) exist only while the WebSocket is
+    busy: made on its first bytes, dropped by ``on_tick`` once a whole sweeper tick went
+    by without any and both are between messages. An idle WebSocket in frame mode then
+    costs what a tunnelled one does; a busy one pays for a new pair at most once a tick.
+    """
+
+    __slots__ = ("_busy", "_bws", "_counts", "_cws", "_limit", "_size_in", "_size_out")
 
     mode = "frames"
 
     def __init__(self, h: Handover, client: asyncio.Transport, backend: asyncio.Transport) -> None:
         super().__init__(h, client, backend)
         assert h.max_message is not None
-        self._cws = Connection(ConnectionType.SERVER)  # Guard is the client's server...
-        self._bws = Connection(ConnectionType.CLIENT)  # ...and the backend's client
+        self._cws: Connection | None = None  # Guard is the client's server...
+        self._bws: Connection | None = None  # ...and the backend's client
+        self._busy = False  # bytes arrived since the last tick
         self._limit = h.max_message
         self._size_in = 0  # bytes so far of the message in progress, each way
         self._size_out = 0
@@ -554,9 +586,31 @@ class FrameRelay(_Relay):
         self._receive(_BACKEND, data)
 
     def _ws(self, side: int) -> Connection:
-        return self._cws if side == _CLIENT else self._bws
+        ws = self._cws if side == _CLIENT else self._bws
+        if ws is None:
+            if side == _CLIENT:
+                ws = self._cws = Connection(ConnectionType.SERVER)
+            else:
+                ws = self._bws = Connection(ConnectionType.CLIENT)
+            self._ctx.sweeper.add_ticker(self)
+        return ws
+
+    def _state(self, side: int) -> ConnectionState:
+        ws = self._cws if side == _CLIENT else self._bws
+        return _OPEN if ws is None else ws.state
+
+    def on_tick(self) -> bool:
+        """Once per sweeper tick while the wsproto pair exists: drop it if quiet."""
+        if self._busy:
+            self._busy = False
+            return False
+        if self._closing or not (_quiescent(self._cws) and _quiescent(self._bws)):
+            return False  # mid-message or closing: the state is needed
+        self._cws = self._bws = None
+        return True
 
     def _receive(self, src: int, data: bytes) -> None:
+        self._busy = True
         ws = self._ws(src)
         if ws.state is _CLOSED:
             return  # after its close: nothing more is read from it
@@ -649,9 +703,9 @@ class FrameRelay(_Relay):
     def _settle(self) -> None:
         """Close each side whose closing handshake is over (its answer may still be due
         from the other side; each socket goes as soon as its own handshake ends)."""
-        if self._cws.state is _CLOSED and self._alive & _CLIENT:
+        if self._state(_CLIENT) is _CLOSED and self._alive & _CLIENT:
             self.transport.close()
-        if self._bws.state is _CLOSED and self._alive & _BACKEND:
+        if self._state(_BACKEND) is _CLOSED and self._alive & _BACKEND:
             self._backend.close()
 
     def _client_gone(self) -> None:
@@ -659,7 +713,7 @@ class FrameRelay(_Relay):
         self._settle()  # the backend's socket closes once it answered (or on the timer)
 
     def _backend_gone(self) -> None:
-        state = self._cws.state
+        state = self._state(_CLIENT)
         if state is _OPEN:
             self._shut(INTERNAL_ERROR, GOING_AWAY, "backend_closed")
             return
