@@ -161,7 +161,9 @@ def _adopt(entry: Mapping[str, object]) -> socket.socket | None:
     try:
         sock = socket.socket(fileno=fd)
     except OSError as e:
-        log.warning("inherited fd %d (%s) is not a socket: %s", fd, entry["name"], e)
+        log.warning("inherited fd %d (%s) is not a socket: %s; closed", fd, entry["name"], e)
+        with contextlib.suppress(OSError):
+            os.close(fd)
         return None
     want = socket.SOCK_DGRAM if entry["kind"] == "dgram" else socket.SOCK_STREAM
     try:
@@ -245,7 +247,7 @@ def open_sockets(
                 fds = ",".join(str(b.sock.fileno()) for b in taken)
                 account.inherited.append(f"{name} {ep} (fd {fds})")
                 continue
-            for slot in range(slots):
+            for slot in range(1 if name == ADMIN else slots):  # one process serves admin
                 bound += bind(name, ep, slot, reuse_port=reuse_port)
             account.bound.append(f"{name} {ep}")
     except BaseException:

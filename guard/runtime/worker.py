@@ -586,12 +586,19 @@ async def serve(
             return
         restarting[:] = [loop.create_task(restart())]
 
+    def on_sigusr1() -> None:
+        nonlocal handed_over
+        handed_over = True  # the supervisor's successor serves: drain as after a restart
+        stop.set()
+
     pid_file = PidFile(config.pid_file if alone else None)
     if alone:
         watcher = RouteWatcher(config.routes_path, on_sighup)
         watcher.start()
         loop.add_signal_handler(signal.SIGUSR2, on_sigusr2)
         pid_file.write()
+    else:
+        loop.add_signal_handler(signal.SIGUSR1, on_sigusr1)
     if worker_id == 0:
         listeners = len(worker.servers) + len(worker.udp_transports)
         print(f"guard: serving ({listeners} listeners)", file=sys.stderr, flush=True)
@@ -646,6 +653,7 @@ def main(argv: list[str] | None = None) -> int:
     # action would kill a worker that is still starting.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # restarts are the supervisor's business
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # "a successor serves": handled once serving
     _die_with_parent()
     from guard.runtime.logs import setup_logging
     from guard.runtime.loop import run
