@@ -132,10 +132,15 @@ def guard_group(config: Path) -> Iterator[Child]:
 
 
 def write_config(
-    tmp: Path, backend: str, *, workers: int, listeners: dict[str, object] | None = None
+    tmp: Path,
+    backend: str,
+    *,
+    workers: int,
+    listeners: dict[str, object] | None = None,
+    extra: dict[str, object] | None = None,
 ) -> tuple[Path, int, Path]:
     """guard.yaml (JSON is YAML) with an http listener ``web`` and ``listeners``, an admin
-    address and a pid file; one route to ``backend``."""
+    address, a pid file and ``extra``; one route to ``backend``."""
     port = free_port()
     (tmp / "routes").mkdir(exist_ok=True)
     cfg = tmp / "guard.yaml"
@@ -149,6 +154,7 @@ def write_config(
         },
         "admin": {"address": f"127.0.0.1:{free_port()}"},
         "http": {"timeouts": {"drain": "10s"}},
+        **(extra or {}),
     }
     cfg.write_text(json.dumps(doc, indent=1))
     write_routes(tmp, backend, hosts=["load.test"])
@@ -174,6 +180,8 @@ def wait_pid(pid_file: Path, *, other_than: int | None, child: Child, timeout: f
         if pid is not None and pid != other_than and alive(pid):
             found.append(pid)
             return True
+        if other_than is None and child.proc.poll() is not None:
+            raise AssertionError(f"guard exited with {child.proc.returncode}")
         return False
 
     try:
@@ -363,3 +371,97 @@ def get_status(port: int, host: str) -> int:
     with Conn(port) as c:
         c.request(host=host)
         return c.read_response().status
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_container_service_serves_across_a_restart(tmp_path: Path, workers: int) -> None:
+    """The new Guard's control plane wakes its own instance (the request held meanwhile);
+    the old one's instance serves its last requests and is stopped after its drain."""
+    extra: dict[str, object] = {"drivers": {"process": {}}}
+    cfg, port, pid_file = write_config(tmp_path, "127.0.0.1:9", workers=workers, extra=extra)
+    app = {
+        "container": {
+            "driver": "process",
+            "command": [sys.executable, "-m", "guard.demo", "http"],
+            "env": {"PYTHONPATH": str(REPO)},
+            "ready": {"http": "/healthz"},
+            "stop_timeout": "2s",
+        },
+        "scale": {"min": 0, "max": 2, "sleep_after": "60s"},
+    }
+    route = {"name": "app", "listener": "web", "service": "app", "match": {"host": "load.test"}}
+    (tmp_path / "routes" / "main.yaml").write_text(
+        json.dumps({"routes": [route], "services": {"app": app}})
+    )
+    with guard_group(cfg) as g:
+        first = wait_pid(pid_file, other_than=None, child=g)
+        load = Load(port, clients=2)
+        load.start()
+        try:
+            wait_for(lambda: load.count() > 20, 20, "load flowing (the first wake)")
+            os.kill(first, signal.SIGUSR2)
+            second = wait_pid(pid_file, other_than=first, child=g)
+            assert g.proc.wait(20) == 0, g.output[-3000:]
+            after = load.count()
+            wait_for(lambda: load.count() > after + 50, 20, "load on the new Guard")
+        finally:
+            load.finish()
+        assert load.failures == [] and load.resets == 0, (load.failures[:10], g.output[-3000:])
+        assert alive(second)
+
+
+def test_keep_alive_connections_are_closed_between_requests(tmp_path: Path, demo: Demo) -> None:
+    """On the draining Guard a request on a kept-alive connection is answered with
+    ``Connection: close``; a connection left idle is closed cleanly (FIN, not RST) once
+    the window for a last request has passed."""
+    cfg, port, pid_file = write_config(tmp_path, demo.address, workers=1)
+    with guard_group(cfg) as g:
+        first = wait_pid(pid_file, other_than=None, child=g)
+        busy, idle = Conn(port), Conn(port)
+        try:
+            for c in (busy, idle):
+                c.request(host="load.test")
+                resp = c.read_response()
+                assert resp.status == 200 and resp.header("connection") != "close"
+            os.kill(first, signal.SIGUSR2)
+            wait_pid(pid_file, other_than=first, child=g)
+            busy.request(host="load.test")
+            resp = busy.read_response()
+            assert resp.status == 200 and resp.header("connection") == "close"
+            assert busy.read_until_close(2) == b""
+            idle.sock.settimeout(5)
+            start = time.monotonic()
+            assert idle.sock.recv(1) == b""  # EOF: a reset would raise here
+            assert time.monotonic() - start < 2.5
+        finally:
+            busy.close()
+            idle.close()
+        assert g.proc.wait(10) == 0
+
+
+def test_a_websocket_runs_on_the_old_guard_until_the_grace(tmp_path: Path, demo: Demo) -> None:
+    from test_websocket import WsClient
+
+    extra: dict[str, object] = {"http": {"timeouts": {"drain": "5s"}}}
+    cfg, port, pid_file = write_config(tmp_path, demo.address, workers=1, extra=extra)
+    with guard_group(cfg) as g:
+        first = wait_pid(pid_file, other_than=None, child=g)
+        with WsClient(port, host="load.test") as old:
+            old.text("before")
+            assert old.message() == "before"
+            os.kill(first, signal.SIGUSR2)
+            wait_pid(pid_file, other_than=first, child=g)
+            handed_over = time.monotonic()
+            for i in range(5):  # the old Guard keeps relaying it...
+                old.text(f"during {i}")
+                assert old.message() == f"during {i}"
+                time.sleep(0.2)
+            with WsClient(port, host="load.test") as new:  # ...new ones go to the new one
+                new.text("new")
+                assert new.message() == "new"
+                # ...until the grace (5 s) is nearly over: then a clean 1001.
+                assert old.close_received(timeout=8).code == 1001
+                assert time.monotonic() - handed_over > 1.5
+                new.text("still")
+                assert new.message() == "still"
+        assert g.proc.wait(10) == 0

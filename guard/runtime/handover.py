@@ -45,6 +45,14 @@ def notify_ready() -> None:
         log.warning("cannot report readiness on fd %s: %s", fd, e)
 
 
+_predecessor: list[int] = []  # the pid this process took over from, if it did
+
+
+def predecessor() -> int | None:
+    """The pid of the Guard this one took over from (None: a plain start)."""
+    return _predecessor[0] if _predecessor else None
+
+
 def take_sockets(
     config: GuardConfig, *, slots: int, reuse_port: bool, admin: bool = True
 ) -> ListenSockets:
@@ -57,7 +65,8 @@ def take_sockets(
     sockets, account = open_sockets(
         config, slots=slots, reuse_port=reuse_port, inherited=inherited, admin=admin
     )
-    if previous is not None:
+    if previous is not None and previous.isdigit():
+        _predecessor[:] = [int(previous)]
         log.info("restart: pid %d takes over from pid %s: %s", os.getpid(), previous, account)
     return sockets
 
