@@ -465,3 +465,50 @@ def test_a_websocket_runs_on_the_old_guard_until_the_grace(tmp_path: Path, demo:
                 new.text("still")
                 assert new.message() == "still"
         assert g.proc.wait(10) == 0
+
+
+def test_a_restart_applies_a_changed_guard_yaml(tmp_path: Path, demo: Demo) -> None:
+    """guard.yaml is read again: another worker count and a new listener take effect, the
+    sockets of the listeners kept are the same ones (their queues never closed), and a
+    listener taken out stops listening once the old Guard is gone."""
+    cfg, port, pid_file = write_config(tmp_path, demo.address, workers=1)
+    extra_port = free_port()
+    with guard_group(cfg) as g:
+        first = wait_pid(pid_file, other_than=None, child=g)
+        load = Load(port, clients=2)
+        load.start()
+        try:
+            wait_for(lambda: load.count() > 20, 10, "load flowing")
+            doc = json.loads(cfg.read_text())
+            doc["workers"] = 2
+            doc["listeners"]["more"] = {"protocol": "http", "address": f"127.0.0.1:{extra_port}"}
+            cfg.write_text(json.dumps(doc))
+            write_routes(tmp_path, demo.address, hosts=["load.test"])
+            (tmp_path / "routes" / "more.yaml").write_text(
+                "routes:\n  - {name: more, listener: more, service: demo}\n"
+            )
+            os.kill(first, signal.SIGUSR2)
+            second = wait_pid(pid_file, other_than=first, child=g)
+            assert g.proc.wait(20) == 0
+            wait_for(lambda: len(workers_of(second)) == 2, 10, "two workers")
+            assert get_status(extra_port, "any.test") == 200
+            # Back to one worker, without the new listener.
+            (tmp_path / "routes" / "more.yaml").unlink()
+            del doc["listeners"]["more"]
+            doc["workers"] = 1
+            cfg.write_text(json.dumps(doc))
+            os.kill(second, signal.SIGUSR2)
+            third = wait_pid(pid_file, other_than=second, child=g)
+            wait_for(lambda: not alive(second), 20, "the second Guard to exit")
+            after = load.count()
+            wait_for(lambda: load.count() > after + 50, 10, "load on the third Guard")
+        finally:
+            load.finish()
+        assert load.failures == [] and load.resets == 0, (load.failures[:10], g.output[-3000:])
+        assert workers_of(third) == []  # one process again
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", extra_port), timeout=2)
+        out = g.output
+        assert f"pid {second} takes over from pid {first}: inherited: web" in out
+        assert f"bound: more stream 127.0.0.1:{extra_port}" in out
+        assert f"closed: more stream 127.0.0.1:{extra_port}" in out
