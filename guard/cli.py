@@ -140,11 +140,14 @@ def cmd_reload(args: argparse.Namespace) -> int:
             )
             return 2
         pid_file = config.pid_file
-    try:
-        pid = args.pid if args.pid is not None else read_pid(pid_file)  # type: ignore[arg-type]
-    except ValueError as e:
-        print(f"guard: {e}", file=sys.stderr)
-        return 1
+    pid: int = args.pid
+    if pid is None:
+        assert pid_file is not None
+        try:
+            pid = read_pid(pid_file)
+        except ValueError as e:
+            print(f"guard: {e}", file=sys.stderr)
+            return 1
     sig = signal.SIGUSR2 if args.binary else signal.SIGHUP
     try:
         os.kill(pid, sig)

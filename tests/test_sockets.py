@@ -4,6 +4,7 @@ with duplicated descriptors standing in for the ones a child inherits)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import socket
@@ -14,7 +15,7 @@ import pytest
 from l4_procs import free_port
 
 from guard.config import load_config
-from guard.runtime.sockets import ENV, ListenSockets, open_sockets, read_env
+from guard.runtime.sockets import ENV, Endpoint, Inherited, ListenSockets, open_sockets, read_env
 
 
 def config(tmp_path: Path, listeners: dict[str, tuple[str, int]], admin: int | None = None):  # type: ignore[no-untyped-def]
@@ -30,13 +31,10 @@ def config(tmp_path: Path, listeners: dict[str, tuple[str, int]], admin: int | N
     return load_config(tmp_path / "guard.yaml")
 
 
-def handed_on(sockets: ListenSockets) -> list[dict[str, object]]:
+def handed_on(sockets: ListenSockets) -> list[Inherited]:
     """What a child would read from GUARD_LISTEN_FDS, on descriptors of its own."""
     described, _ = sockets.describe()
-    entries = read_env({ENV: described})
-    for e in entries:
-        e["fd"] = os.dup(int(e["fd"]))  # type: ignore[call-overload]
-    return entries
+    return [dataclasses.replace(e, fd=os.dup(e.fd)) for e in read_env({ENV: described})]
 
 
 def test_inherited_socket_keeps_its_queued_connections(tmp_path: Path) -> None:
@@ -78,8 +76,7 @@ def test_a_descriptor_that_is_not_the_described_socket_is_not_used(tmp_path: Pat
     cfg = config(tmp_path, {"web": ("http", port)})
     r, w = os.pipe()
     os.close(w)
-    lying = [{"name": "web", "kind": "stream", "host": "127.0.0.1", "port": port, "slot": 0}]
-    lying[0]["fd"] = r
+    lying = [Inherited("web", Endpoint("stream", "127.0.0.1", port), 0, r)]
     sockets, account = open_sockets(cfg, slots=1, reuse_port=False, inherited=lying)
     try:
         assert account.bound == [f"web stream 127.0.0.1:{port}"] and not account.inherited

@@ -53,6 +53,16 @@ class Endpoint:
         return f"{self.kind} {host}:{self.port}"
 
 
+@dataclass(frozen=True, slots=True)
+class Inherited:
+    """One entry of ``GUARD_LISTEN_FDS``: a descriptor this process was given."""
+
+    name: str
+    endpoint: Endpoint
+    slot: int
+    fd: int
+
+
 @dataclass(slots=True)
 class Bound:
     name: str  # listener name, or ADMIN
@@ -105,6 +115,7 @@ class ListenSockets:
 
     def describe(self) -> tuple[str, list[int]]:
         """The ``GUARD_LISTEN_FDS`` value and the descriptors to pass with it."""
+        live = [b for b in self.bound if b.sock.fileno() >= 0]
         doc = [
             {
                 "name": b.name,
@@ -114,10 +125,9 @@ class ListenSockets:
                 "slot": b.slot,
                 "fd": b.sock.fileno(),
             }
-            for b in self.bound
-            if b.sock.fileno() >= 0
+            for b in live
         ]
-        return json.dumps(doc, separators=(",", ":")), [d["fd"] for d in doc]  # type: ignore[misc]
+        return json.dumps(doc, separators=(",", ":")), [b.sock.fileno() for b in live]
 
     def for_worker(self, worker: int, workers: int) -> ListenSockets:
         """Worker ``worker``'s share: its slot of every listener (the admin address stays
@@ -138,34 +148,37 @@ class ListenSockets:
             b.sock.close()
 
 
-def read_env(environ: Mapping[str, str] = os.environ) -> list[dict[str, object]]:
+def read_env(environ: Mapping[str, str] = os.environ) -> list[Inherited]:
+    """The descriptors ``GUARD_LISTEN_FDS`` describes (none when it is unset or garbled)."""
     text = environ.get(ENV)
     if not text:
         return []
     try:
-        doc = json.loads(text)
-        if not isinstance(doc, list):
-            raise ValueError("not a list")
-        for entry in doc:
-            int(entry["fd"]), int(entry["port"]), int(entry["slot"])
-            str(entry["kind"]), str(entry["host"]), str(entry["name"])
+        return [
+            Inherited(
+                str(e["name"]),
+                Endpoint(str(e["kind"]), str(e["host"]), int(e["port"])),
+                int(e["slot"]),
+                int(e["fd"]),
+            )
+            for e in json.loads(text)
+        ]
     except (ValueError, KeyError, TypeError) as e:
         log.error("ignoring %s: not a socket list (%s)", ENV, e)
         return []
-    return doc
 
 
-def _adopt(entry: Mapping[str, object]) -> socket.socket | None:
-    """The inherited descriptor as a socket, if it is what the entry says it is."""
-    fd = int(entry["fd"])  # type: ignore[call-overload]
+def _adopt(given: Inherited) -> socket.socket | None:
+    """The inherited descriptor as a socket, if it is what its entry says it is."""
+    fd, ep = given.fd, given.endpoint
     try:
         sock = socket.socket(fileno=fd)
     except OSError as e:
-        log.warning("inherited fd %d (%s) is not a socket: %s; closed", fd, entry["name"], e)
+        log.warning("inherited fd %d (%s) is not a socket: %s; closed", fd, given.name, e)
         with contextlib.suppress(OSError):
             os.close(fd)
         return None
-    want = socket.SOCK_DGRAM if entry["kind"] == "dgram" else socket.SOCK_STREAM
+    want = socket.SOCK_DGRAM if ep.kind == "dgram" else socket.SOCK_STREAM
     try:
         port = sock.getsockname()[1]
         listening = want == socket.SOCK_DGRAM or sock.getsockopt(
@@ -173,8 +186,8 @@ def _adopt(entry: Mapping[str, object]) -> socket.socket | None:
         )
     except (OSError, IndexError, TypeError):
         port, listening = None, False
-    if sock.type != want or port != entry["port"] or not listening:
-        log.warning("inherited fd %d is not the %s socket %s: closed", fd, entry["kind"], entry)
+    if sock.type != want or port != ep.port or not listening:
+        log.warning("inherited fd %d is not the socket %s (%s): closed", fd, ep, given.name)
         sock.close()
         return None
     sock.setblocking(False)
@@ -221,26 +234,25 @@ def open_sockets(
     *,
     slots: int,
     reuse_port: bool,
-    inherited: list[dict[str, object]],
+    inherited: list[Inherited],
     admin: bool = True,
 ) -> tuple[ListenSockets, Account]:
     """The sockets ``config`` listens on: inherited ones whose address it still has, the
     rest bound fresh (``slots`` of each, SO_REUSEPORT when several processes accept);
     inherited ones it no longer has are closed. On an error nothing stays open."""
     account = Account()
-    by_endpoint: dict[Endpoint, list[dict[str, object]]] = {}
-    for entry in inherited:
-        ep = Endpoint(str(entry["kind"]), str(entry["host"]), int(entry["port"]))  # type: ignore[call-overload]
-        by_endpoint.setdefault(ep, []).append(entry)
+    by_endpoint: dict[Endpoint, list[Inherited]] = {}
+    for given in inherited:
+        by_endpoint.setdefault(given.endpoint, []).append(given)
     bound: list[Bound] = []
     try:
         for name, ep in endpoints(config):
             if name == ADMIN and not admin:
                 continue
             taken = [
-                Bound(name, ep, int(e["slot"]), sock, inherited=True)  # type: ignore[call-overload]
-                for e in by_endpoint.pop(ep, [])
-                if (sock := _adopt(e)) is not None
+                Bound(name, ep, given.slot, sock, inherited=True)
+                for given in by_endpoint.pop(ep, [])
+                if (sock := _adopt(given)) is not None
             ]
             if taken:
                 bound += taken
@@ -259,10 +271,10 @@ def open_sockets(
     return ListenSockets(bound), account
 
 
-def _close_unused(left: dict[Endpoint, list[dict[str, object]]], account: Account) -> None:
+def _close_unused(left: dict[Endpoint, list[Inherited]], account: Account) -> None:
     for ep, entries in left.items():
-        for entry in entries:
+        for given in entries:
             with contextlib.suppress(OSError):
-                os.close(int(entry["fd"]))  # type: ignore[call-overload]
-        account.closed.append(f"{entries[0]['name']} {ep}")
+                os.close(given.fd)
+        account.closed.append(f"{entries[0].name} {ep}")
     left.clear()
