@@ -512,3 +512,27 @@ def test_a_restart_applies_a_changed_guard_yaml(tmp_path: Path, demo: Demo) -> N
         assert f"pid {second} takes over from pid {first}: inherited: web" in out
         assert f"bound: more stream 127.0.0.1:{extra_port}" in out
         assert f"closed: more stream 127.0.0.1:{extra_port}" in out
+
+
+def test_guard_reload_refusals(tmp_path: Path) -> None:
+    cfg, _, pid_file = write_config(tmp_path, "127.0.0.1:9", workers=1)
+    # No Guard wrote the pid file yet.
+    out = guard_cli("reload", "--config", str(cfg))
+    assert out.returncode == 1 and "cannot read pid file" in out.stderr
+    # A stale pid file: the pid of a process that has exited.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    pid_file.write_text(f"{dead.pid}\n")
+    out = guard_cli("reload", "--binary", "--config", str(cfg))
+    assert out.returncode == 1 and f"no process {dead.pid}" in out.stderr
+    # A config with errors is not restarted into.
+    good = cfg.read_text()
+    cfg.write_text(good.replace('"workers": 1', '"workers": 0'))
+    out = guard_cli("reload", "--binary", "--config", str(cfg))
+    assert out.returncode == 2 and "not reloading: the config has errors" in out.stderr
+    # Without pid_file, the pid has to come from somewhere else.
+    doc = json.loads(good)
+    del doc["pid_file"]
+    cfg.write_text(json.dumps(doc))
+    out = guard_cli("reload", "--config", str(cfg))
+    assert out.returncode == 2 and "pid_file: not set" in out.stderr
