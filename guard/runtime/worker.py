@@ -600,7 +600,7 @@ async def serve(
     else:
         loop.add_signal_handler(signal.SIGUSR1, on_sigusr1)
     if worker_id == 0:
-        listeners = len(worker.servers) + len(worker.udp_transports)
+        listeners = len(worker.contexts) + len(worker.tcp_contexts) + len(worker.udp_contexts)
         print(f"guard: serving ({listeners} listeners)", file=sys.stderr, flush=True)
     notify_ready()  # the Guard that started us (or the supervisor) may hand over now
     await stop.wait()
