@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from helpers import REPO, Closed, Conn, Demo, free_port, run_demo, wait_for
-from l4_procs import Child, start_demo
+from helpers import REPO, Closed, Conn, Demo, run_demo, wait_for
+from l4_procs import Child, free_port, start_demo
 
 
 def alive(pid: int) -> bool:
@@ -536,3 +536,31 @@ def test_guard_reload_refusals(tmp_path: Path) -> None:
     cfg.write_text(json.dumps(doc))
     out = guard_cli("reload", "--config", str(cfg))
     assert out.returncode == 2 and "pid_file: not set" in out.stderr
+
+
+def test_a_udp_listener_is_handed_over(tmp_path: Path) -> None:
+    echo, echo_port = start_demo("udp")
+    try:
+        udp_port = free_port(socket.SOCK_DGRAM)
+        listeners = {"dns": {"protocol": "udp", "address": f"127.0.0.1:{udp_port}"}}
+        cfg, _, pid_file = write_config(
+            tmp_path, f"127.0.0.1:{echo_port}", workers=1, listeners=listeners
+        )
+        (tmp_path / "routes" / "udp.yaml").write_text(
+            "routes:\n  - {name: dns, listener: dns, service: echo}\n"
+            f'services:\n  echo: {{servers: ["127.0.0.1:{echo_port}"]}}\n'
+        )
+        with guard_group(cfg) as g, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+            first = wait_pid(pid_file, other_than=None, child=g)
+            c.settimeout(5)
+            c.sendto(b"before", ("127.0.0.1", udp_port))
+            assert c.recvfrom(100)[0] == b"before"
+            os.kill(first, signal.SIGUSR2)
+            wait_pid(pid_file, other_than=first, child=g)
+            assert g.proc.wait(15) == 0
+            # The same client address, now a session on the new Guard, on the same socket.
+            c.sendto(b"after", ("127.0.0.1", udp_port))
+            assert c.recvfrom(100)[0] == b"after"
+            assert f"dns dgram 127.0.0.1:{udp_port} (fd" in g.output
+    finally:
+        echo.stop()
