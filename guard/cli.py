@@ -1,4 +1,4 @@
-"""``guard`` command line: run, check, usage."""
+"""``guard`` command line: run, check, reload, usage."""
 
 from __future__ import annotations
 
@@ -65,6 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from guard.runtime.support import unsupported
 
     setup_logging(args.log_level)
+    _defer_signals()
     try:
         config = _load(args.config)
     except ConfigErrors as e:
@@ -84,13 +85,102 @@ def cmd_run(args: argparse.Namespace) -> int:
         from guard.runtime.supervisor import supervise
 
         return run(supervise(config))
+    from guard.runtime.handover import take_sockets
     from guard.runtime.worker import serve
 
     try:
-        return run(serve(config))
+        sockets = take_sockets(config, slots=1, reuse_port=False)
+        return run(serve(config, sockets))
     except OSError as e:
         print(f"guard: cannot listen: {e}", file=sys.stderr)
         return 1
+
+
+def _defer_signals() -> None:
+    """SIGHUP and SIGUSR2 are handled once Guard serves; until then their default action
+    would kill a Guard still starting. A Python handler (not SIG_IGN) so that processes
+    started meanwhile (container instances) get the default back at exec."""
+    import logging
+    import signal
+
+    def early(signum: int, _frame: object) -> None:
+        # A route change meanwhile is caught by comparing the files once serving.
+        logging.getLogger("guard").warning(
+            "%s before Guard was serving: ignored", signal.Signals(signum).name
+        )
+
+    for sig in (signal.SIGHUP, signal.SIGUSR2):
+        signal.signal(sig, early)
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """SIGHUP (route files) or SIGUSR2 (binary restart) to a running Guard."""
+    import os
+    import signal
+    import time
+
+    from guard.runtime.handover import read_pid
+
+    pid_file: Path | None = args.pid_file
+    if args.pid is None and pid_file is None:
+        # From guard.yaml: checked first, as `nginx -t` before a reload, so a restart into
+        # a config that cannot start is refused here rather than logged there.
+        try:
+            config = _load(args.config)
+        except ConfigErrors as e:
+            for err in e.errors:
+                print(err, file=sys.stderr)
+            print("guard: not reloading: the config has errors", file=sys.stderr)
+            return 2
+        if config.pid_file is None:
+            print(
+                f"guard: {config.path}: pid_file: not set; set it (guard run writes its pid"
+                " there) or give --pid or --pid-file",
+                file=sys.stderr,
+            )
+            return 2
+        pid_file = config.pid_file
+    pid: int = args.pid
+    if pid is None:
+        assert pid_file is not None
+        try:
+            pid = read_pid(pid_file)
+        except ValueError as e:
+            print(f"guard: {e}", file=sys.stderr)
+            return 1
+    sig = signal.SIGUSR2 if args.binary else signal.SIGHUP
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        print(f"guard: no process {pid} (is Guard running? a stale pid file?)", file=sys.stderr)
+        return 1
+    except PermissionError:
+        print(f"guard: not allowed to signal pid {pid}", file=sys.stderr)
+        return 1
+    if not args.binary:
+        print(f"guard: route reload requested from pid {pid} (its log says how it went)")
+        return 0
+    if pid_file is None:
+        print(f"guard: restart requested from pid {pid} (its log says how it went)")
+        return 0
+    # The new Guard writes its pid there once it serves; the old one keeps its own there
+    # when the new one fails to start.
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        try:
+            now = read_pid(pid_file)
+        except ValueError:
+            now = pid
+        if now != pid:
+            print(f"guard: restarted: pid {pid} -> {now} (pid {pid} drains and exits)")
+            return 0
+        time.sleep(0.05)
+    print(
+        f"guard: pid {pid} still serves: no new Guard took over within {args.timeout:g}s"
+        " (its log says why)",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
@@ -155,6 +245,26 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument("--config", "-c", type=Path, default=Path("configs/guard.yaml"))
     run_p.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
     run_p.set_defaults(func=cmd_run)
+
+    reload_p = sub.add_parser(
+        "reload",
+        help="reload a running Guard's route files, or restart its binary (--binary)",
+        description="Signals a running Guard: SIGHUP reloads the route files; with --binary,"
+        " SIGUSR2 starts a new Guard (new code, guard.yaml re-read) on the same sockets and"
+        " the old one drains and exits. The pid comes from --pid, --pid-file, or the"
+        " pid_file of --config (which is checked first).",
+    )
+    reload_p.add_argument("--config", "-c", type=Path, default=Path("configs/guard.yaml"))
+    reload_p.add_argument("--pid-file", type=Path, default=None)
+    reload_p.add_argument("--pid", type=int, default=None)
+    reload_p.add_argument("--binary", action="store_true", help="restart the binary (SIGUSR2)")
+    reload_p.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="with --binary: seconds to wait for the new Guard to take over (default 60)",
+    )
+    reload_p.set_defaults(func=cmd_reload)
 
     check_p = sub.add_parser("check", help="validate guard.yaml and every route file")
     check_p.add_argument("--config", "-c", type=Path, default=Path("configs/guard.yaml"))

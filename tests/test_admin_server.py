@@ -29,8 +29,8 @@ async def _start(render_seconds: float) -> tuple[AdminServer, int, list[str]]:
     )
     server = AdminServer(AdminConfig("127.0.0.1", 0), pages)
     await server.start()
-    assert server._server is not None
-    port = server._server.sockets[0].getsockname()[1]
+    assert server._servers
+    port = server._servers[0].sockets[0].getsockname()[1]
     return server, port, events
 
 

@@ -633,6 +633,9 @@ GUARD_ERRORS = [
     ("usage: {ledger: u.db, flush: 1}", "usage.flush", "needs a unit"),
     ("tenants: {a: {max_memory: 1XB}}", "tenants.a.max_memory", "invalid size"),
     ("listner: {}", "", "did you mean 'listeners'"),
+    ("pid_file: 5", "pid_file", "string"),
+    ("pid_file: routes", "pid_file", "is a directory"),
+    ("pid_file: nowhere/guard.pid", "pid_file", "no such directory"),
 ]
 
 
@@ -722,3 +725,10 @@ def test_load_routes_checks_listeners_and_drivers(tmp_path: Path) -> None:
     without_docker = type(cfg.drivers)(process=cfg.drivers.process)
     with pytest.raises(ConfigErrors, match=r"services\.s\.container\.driver"):
         load_routes(tmp_path / "routes" / "a.yaml", cfg.listeners, without_docker)
+
+
+def test_pid_file_is_relative_to_guard_yaml(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    cfg = load_config(write(tmp_path, GUARD + "pid_file: run/guard.pid\n"))
+    assert cfg.pid_file == tmp_path / "run" / "guard.pid"
+    assert load_config(write(tmp_path)).pid_file is None

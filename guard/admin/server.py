@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import socket
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import httptools
@@ -256,19 +257,28 @@ class AdminServer:
         self.admin = admin
         self.pages = pages
         self.connections: set[AdminProtocol] = set()
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
 
-    async def start(self) -> None:
+    async def start(self, socks: Sequence[socket.socket] = ()) -> None:
+        """Listen on ``admin.address``, or on ``socks`` already bound to it (inherited
+        across a restart: guard.runtime.sockets)."""
         refusal = bind_refusal(self.admin)
         if refusal is not None:
             raise PermissionError(refusal)  # `guard run` says this before getting here
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: AdminProtocol(self.pages, self.connections),
-            self.admin.host.strip("[]"),
-            self.admin.port,
-            reuse_address=True,
-        )
+
+        def factory() -> AdminProtocol:
+            return AdminProtocol(self.pages, self.connections)
+
+        if socks:
+            for sock in socks:
+                self._servers.append(await loop.create_server(factory, sock=sock))
+        else:
+            self._servers.append(
+                await loop.create_server(
+                    factory, self.admin.host.strip("[]"), self.admin.port, reuse_address=True
+                )
+            )
         log.info(
             "admin API on %s:%d (/healthz, /metrics%s)",
             self.admin.host,
@@ -276,9 +286,13 @@ class AdminServer:
             ", /v1" if self.pages.api is not None else "",
         )
 
+    def stop_accepting(self) -> None:
+        """Leave new connections to the Guard that took over; answer the open ones."""
+        for server in self._servers:
+            server.close()
+
     def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        self.stop_accepting()
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.close()

@@ -585,6 +585,20 @@ def _path(ctx: _Ctx, raw: Any, path: str) -> Any:
     return Path(os.path.abspath(ctx.base / os.path.expanduser(text)))
 
 
+def _pid_file(ctx: _Ctx, raw: Any, path: str) -> Any:
+    """Where ``guard run`` writes its pid: a file in a folder that exists."""
+    value = _path(ctx, raw, path)
+    if value is INVALID:
+        return value
+    if value.is_dir():
+        ctx.error(path, f"{value} is a directory; give a file name, e.g. {value}/guard.pid")
+        return INVALID
+    if not value.parent.is_dir():
+        ctx.error(path, f"no such directory: {value.parent}")
+        return INVALID
+    return value
+
+
 def _access_log(ctx: _Ctx, raw: Any, path: str) -> Any:
     if raw == "-":
         return "-"  # stderr
@@ -786,6 +800,7 @@ _GUARD: Mapping[str, Parser] = {
     "drivers": _DRIVERS,
     "usage": _USAGE,
     "tenants": _named(_TENANT),
+    "pid_file": _pid_file,
 }
 
 
@@ -1414,5 +1429,6 @@ def load_config(path: str | Path) -> GuardConfig:
         drivers=values.get("drivers", DriversConfig()),
         usage=values.get("usage"),
         tenants=values.get("tenants", {}),
+        pid_file=values.get("pid_file"),
         routes=routes,
     )

@@ -299,4 +299,5 @@ class GuardConfig:
     drivers: DriversConfig = field(default_factory=DriversConfig)
     usage: UsageConfig | None = None
     tenants: dict[str, TenantQuota] = field(default_factory=dict)
+    pid_file: Path | None = None  # written by guard run once serving; read by guard reload
     routes: RoutesConfig = field(default_factory=RoutesConfig)

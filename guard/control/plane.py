@@ -89,6 +89,9 @@ class ControlPlane:
         self.drivers: dict[str, Driver] = dict(drivers or {})
         self._own_drivers: list[Driver] = []
         self._workdir: Path | None = None
+        # False in a Guard taking over from a running one (a binary restart): containers
+        # with this guard.id are that one's, serving until it has drained.
+        self.reap_orphans = True
         self.routes: RoutesConfig = config.routes  # the route files in force
         self.controllers: dict[str, ServiceController] = {}
         self.health: dict[str, HealthChecker] = {}
@@ -139,7 +142,7 @@ class ControlPlane:
             docker_cfg = self.config.drivers.docker
             assert docker_cfg is not None  # the loader checked the service's driver exists
             driver = DockerDriver(docker_cfg, guard_id=docker_guard_id(self.config))
-            reaped = await driver.reap_orphans()
+            reaped = await driver.reap_orphans() if self.reap_orphans else []
             if reaped:
                 log.warning("removed %d containers left by an earlier Guard", len(reaped))
         else:

@@ -17,6 +17,7 @@ from guard.control.metering import TrafficReport, UsageMeter
 from guard.control.metrics import control_snapshot
 from guard.control.plane import ControlPlane
 from guard.metrics.snapshot import Snapshot, add
+from guard.runtime.handover import predecessor
 from guard.usage.ledger import UsageLedger
 
 log = logging.getLogger("guard.control")
@@ -39,6 +40,9 @@ class ControlHost:
     def __init__(self, config: GuardConfig) -> None:
         self.config = config
         self.plane = ControlPlane(config)
+        # After a binary restart the containers left with this Guard's id are the old
+        # Guard's, still serving while it drains (it stops them itself): not orphans.
+        self.plane.reap_orphans = predecessor() is None
         self.ledger: UsageLedger | None = None
         self.meter: UsageMeter | None = None
         self._ledger_task: asyncio.Task[None] | None = None

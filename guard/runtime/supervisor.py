@@ -1,10 +1,14 @@
 """The supervisor for ``workers > 1``: starts N data-plane workers and keeps them alive.
 
 Workers are fresh interpreters (``python -m guard.runtime.worker``) rather than forks, so
-none inherits loop or socket state; each binds the listeners with SO_REUSEPORT. A worker
-that dies is restarted with a growing backoff; one that exits with an error at its very
-first start (a port in use, say) stops Guard with its exit code. SIGTERM drains every
-worker; SIGHUP is passed on so each reloads its routes.
+none inherits loop state. The supervisor binds the listening sockets, one SO_REUSEPORT
+socket per listener and worker slot, and each worker inherits its slot's descriptors
+(``guard.runtime.sockets``): the sockets, and the connections in their accept queues,
+outlive any worker. A worker that dies is restarted on the same sockets with a growing
+backoff; one that fails at its very first start stops Guard with its exit code. SIGTERM
+drains every worker; SIGHUP is passed on so each reloads its routes. SIGUSR2 starts a new
+Guard on the same sockets (``guard.runtime.handover``) and, once it serves, drains the
+workers (SIGUSR1 tells them a successor serves) and exits.
 
 The supervisor also owns the admin address: workers stream their metric snapshots to it
 (``guard.metrics.relay``) and one scrape of its /metrics shows the sum of all of them. And
@@ -36,6 +40,18 @@ from guard.metrics.relay import ENV as METRICS_SOCKET_ENV
 from guard.metrics.relay import SnapshotHub
 from guard.metrics.snapshot import Snapshot, merge
 from guard.runtime.control_host import ControlHost, needs_control_host, needs_control_plane
+from guard.runtime.handover import (
+    READY_ENV,
+    READY_TIMEOUT,
+    PidFile,
+    notify_ready,
+    ready_pipe,
+    start_successor,
+    take_sockets,
+    wait_ready,
+)
+from guard.runtime.sockets import ADMIN, ListenSockets
+from guard.runtime.sockets import ENV as LISTEN_FDS_ENV
 from guard.runtime.watch import RouteWatcher
 
 log = logging.getLogger("guard.supervisor")
@@ -45,8 +61,14 @@ _MAX_BACKOFF = 30.0
 
 
 class Supervisor:
-    def __init__(self, config: GuardConfig) -> None:
+    def __init__(self, config: GuardConfig, sockets: ListenSockets) -> None:
         self.config = config
+        self.sockets = sockets
+        self.ready = asyncio.Event()  # every worker served once
+        self._ready_workers: set[int] = set()
+        self.handed_over = False
+        self._reloads_sent = 0  # SIGHUPs sent to the workers so far
+        self._restart: asyncio.Task[None] | None = None
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self.stopping = False
         self.failed: int | None = None
@@ -136,7 +158,7 @@ class Supervisor:
                     ).handle,
                 ),
             )
-            await self.admin.start()
+            await self.admin.start(self.sockets.of(ADMIN))
 
     def _stop_metrics(self) -> None:
         if self.admin is not None:
@@ -144,20 +166,32 @@ class Supervisor:
         self.hub.close()
         shutil.rmtree(self._dir, ignore_errors=True)
 
-    async def _spawn(self, worker_id: int) -> asyncio.subprocess.Process:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "guard.runtime.worker",
-            "--config",
-            str(Path(self.config.path).resolve()),
-            "--worker-id",
-            str(worker_id),
-            env=self._worker_env(),
-        )
+    async def _spawn(self, worker_id: int) -> tuple[asyncio.subprocess.Process, int]:
+        """A worker on its share of the sockets; also the read end of its readiness pipe."""
+        share = self.sockets.for_worker(worker_id, self.config.workers)
+        described, fds = share.describe()
+        read_fd, write_fd = ready_pipe()
+        env = {**self._worker_env(), LISTEN_FDS_ENV: described, READY_ENV: str(write_fd)}
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "guard.runtime.worker",
+                "--config",
+                str(Path(self.config.path).resolve()),
+                "--worker-id",
+                str(worker_id),
+                env=env,
+                pass_fds=(*fds, write_fd),
+            )
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
         self.procs[worker_id] = proc
-        log.info("worker %d started (pid %d)", worker_id, proc.pid)
-        return proc
+        log.info("worker %d started (pid %d, fds %s)", worker_id, proc.pid, fds)
+        return proc, read_fd
 
     def _worker_env(self) -> dict[str, str]:
         env = {**os.environ, METRICS_SOCKET_ENV: self.hub.path}
@@ -171,7 +205,26 @@ class Supervisor:
         first = True
         while not self.stopping:
             started = loop.time()
-            proc = await self._spawn(worker_id)
+            reloads_before = self._reloads_sent
+            proc, ready_fd = await self._spawn(worker_id)
+            if await wait_ready(ready_fd, READY_TIMEOUT):
+                if self._reloads_sent != reloads_before and proc.returncode is None:
+                    # A reload signalled while it started may have come before its
+                    # handler and after it read the files: it reloads once more.
+                    proc.send_signal(signal.SIGHUP)
+                self._ready_workers.add(worker_id)
+                if len(self._ready_workers) == self.config.workers:
+                    self.ready.set()
+            elif first and not self.stopping:
+                # It could not start (a bad file, a port it had to bind itself): restarting
+                # would only loop, and a Guard taking over must not report ready.
+                if proc.returncode is None:
+                    proc.kill()
+                rc = await proc.wait()
+                log.error("worker %d failed at start (exit %s); stopping", worker_id, rc)
+                self.failed = rc if rc and rc > 0 else 1
+                stop.set()
+                return
             rc = await proc.wait()
             if self.stopping:
                 return
@@ -195,7 +248,24 @@ class Supervisor:
             )
             await asyncio.sleep(backoff)
 
+    def _on_sigusr2(self, stop: asyncio.Event) -> None:
+        if self.stopping or stop.is_set() or not self.ready.is_set():
+            log.warning("SIGUSR2 ignored: Guard is starting or stopping")
+            return
+        if self._restart is not None and not self._restart.done():
+            log.warning("SIGUSR2 ignored: a restart is already under way")
+            return
+
+        async def restart() -> None:
+            if await start_successor(self.sockets) is not None and not stop.is_set():
+                self.handed_over = True
+                stop.set()
+
+        self._restart = asyncio.get_running_loop().create_task(restart())
+
     def _signal_all(self, sig: int) -> None:
+        if sig == signal.SIGHUP:
+            self._reloads_sent += 1
         for proc in self.procs.values():
             if proc.returncode is None:
                 proc.send_signal(sig)
@@ -208,12 +278,14 @@ class Supervisor:
             print(f"guard: cannot listen: {e}", file=sys.stderr)
             await self._stop_control()
             self._stop_metrics()
+            self.sockets.close()
             return 1
         try:
             return await self._run()
         finally:
             await self._stop_control()
             self._stop_metrics()
+            self.sockets.close()
 
     async def _stop_control(self) -> None:
         # After the workers exited: nothing is in flight on the instances any more.
@@ -228,14 +300,33 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
+        loop.add_signal_handler(signal.SIGUSR2, lambda: self._on_sigusr2(stop))
         watcher = RouteWatcher(self.config.routes_path, self._reload)
         watcher.start()
         keepers = [asyncio.create_task(self._keep(i, stop)) for i in range(self.config.workers)]
-        print(f"guard: supervising {self.config.workers} workers", file=sys.stderr, flush=True)
-        await stop.wait()
+        pid_file = PidFile(self.config.pid_file)
+        ready = asyncio.create_task(self.ready.wait())
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait([ready, stopped], return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        if self.ready.is_set() and not stop.is_set():
+            print(f"guard: supervising {self.config.workers} workers", file=sys.stderr, flush=True)
+            pid_file.write()
+            notify_ready()  # a Guard that started this one hands over now
+        await stopped
         watcher.stop()
         self.stopping = True
-        self._signal_all(signal.SIGTERM)
+        if self._restart is not None and not self._restart.done():
+            self._restart.cancel()  # SIGTERM during a restart: the successor is stopped too
+            await asyncio.gather(self._restart, return_exceptions=True)
+        if self.handed_over:
+            # The successor answers the admin address and owns the sockets from here.
+            if self.admin is not None:
+                self.admin.stop_accepting()
+            self._signal_all(signal.SIGUSR1)
+        else:
+            self._signal_all(signal.SIGTERM)
+        self.sockets.close()  # the workers' copies close as their drain begins
         grace = self.config.http.timeouts.drain + 5.0
         waits = [p.wait() for p in self.procs.values()]
         try:
@@ -247,8 +338,14 @@ class Supervisor:
         for k in keepers:
             k.cancel()
         await asyncio.gather(*keepers, return_exceptions=True)
+        pid_file.remove()
         return self.failed or 0
 
 
 async def supervise(config: GuardConfig) -> int:
-    return await Supervisor(config).run()
+    try:
+        sockets = take_sockets(config, slots=config.workers, reuse_port=True)
+    except OSError as e:
+        print(f"guard: cannot listen: {e}", file=sys.stderr)
+        return 1
+    return await Supervisor(config, sockets).run()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -44,9 +45,12 @@ from guard.proxy.tcp_proxy import (
     build_tcp_routing,
 )
 from guard.proxy.tls import CertificateStore, TlsTermination
-from guard.proxy.udp_proxy import UdpListenerContext, UdpListenerProtocol, udp_socket
+from guard.proxy.udp_proxy import UdpListenerContext, UdpListenerProtocol
+from guard.proxy.websocket import CLOSE_TIMEOUT
 from guard.routing import HttpRouteTable, build_http_tables
 from guard.runtime.control_host import ControlHost, needs_control_host, needs_control_plane
+from guard.runtime.handover import PidFile, notify_ready, start_successor, take_sockets
+from guard.runtime.sockets import ADMIN, BACKLOG, ListenSockets
 from guard.runtime.traffic import TrafficTally
 from guard.runtime.watch import RouteWatcher, signature
 from guard.upstream.container_service import ContainerService
@@ -56,6 +60,10 @@ from guard.upstream.service import Service
 
 log = logging.getLogger("guard.worker")
 
+# How long a draining Guard keeps idle keep-alive connections open for one last request
+# (answered with Connection: close) before closing them: a close under a client that is
+# sending its next request right then would cost it that request.
+IDLE_CLOSE_WINDOW = 1.0
 HTTP_PROTOCOLS = ("http", "https")
 L4_PROTOCOLS = ("tcp", "udp")
 
@@ -63,9 +71,9 @@ L4_PROTOCOLS = ("tcp", "udp")
 class Worker:
     """Owns the data plane of one process for the lifetime of one config."""
 
-    def __init__(self, config: GuardConfig, *, reuse_port: bool, worker_id: int = 0) -> None:
+    def __init__(self, config: GuardConfig, sockets: ListenSockets, *, worker_id: int = 0) -> None:
         self.config = config
-        self.reuse_port = reuse_port
+        self.sockets = sockets  # bound (or inherited) already: see guard.runtime.sockets
         self.worker_id = worker_id
         self.loop = asyncio.get_running_loop()
         http = config.http
@@ -107,6 +115,7 @@ class Worker:
         self.udp_contexts: dict[str, UdpListenerContext] = {}
         self.tls: dict[str, TlsTermination] = {}  # https listeners, by name
         self.servers: list[asyncio.Server] = []
+        self.udp_transports: list[asyncio.BaseTransport] = []
         self.stopping = asyncio.Event()
         self.draining = False
         self.stopped = False
@@ -270,7 +279,8 @@ class Worker:
             )
             ctx.limiters = self._limiters(name, self.config.routes, {})
             self.contexts[name] = ctx
-            await self._listen(self._with_tls(name, lc, lambda ctx=ctx: HttpProxyProtocol(ctx)), lc)
+            factory = self._with_tls(name, lc, lambda ctx=ctx: HttpProxyProtocol(ctx))
+            await self._listen(factory, name)
             log.info(
                 "worker %d: listener %s (%s) on %s", self.worker_id, name, lc.protocol, lc.address
             )
@@ -293,17 +303,11 @@ class Worker:
         )
         return tls.protocol
 
-    async def _listen(self, factory: Callable[[], asyncio.Protocol], lc: ListenerConfig) -> None:
-        """A stream listener; SO_REUSEPORT when several workers share the address."""
-        server = await self.loop.create_server(
-            factory,
-            lc.host,
-            lc.port,
-            reuse_address=True,
-            reuse_port=self.reuse_port,
-            backlog=4096,
-        )
-        self.servers.append(server)
+    async def _listen(self, factory: Callable[[], asyncio.Protocol], name: str) -> None:
+        """Serve a stream listener's sockets (one per address, or this worker's slots)."""
+        for sock in self.sockets.of(name):
+            server = await self.loop.create_server(factory, sock=sock, backlog=BACKLOG)
+            self.servers.append(server)
 
     async def _start_l4(self, services: dict[str, Service]) -> None:
         tcp_routing, udp_routes = self._build_l4(self.config.routes)
@@ -324,7 +328,7 @@ class Worker:
                     trusted=pp.trusted if pp is not None else (),
                 )
                 self.tcp_contexts[name] = tctx
-                await self._listen(lambda tctx=tctx: TcpClientProtocol(tctx), lc)
+                await self._listen(lambda tctx=tctx: TcpClientProtocol(tctx), name)
             elif lc.protocol == "udp":
                 uctx = UdpListenerContext(
                     name,
@@ -337,10 +341,11 @@ class Worker:
                     max_sessions=lc.max_sessions,
                 )
                 self.udp_contexts[name] = uctx
-                sock = udp_socket(lc.host, lc.port, reuse_port=self.reuse_port)
-                await self.loop.create_datagram_endpoint(
-                    lambda uctx=uctx: UdpListenerProtocol(uctx), sock=sock
-                )
+                for sock in self.sockets.of(name):
+                    transport, _ = await self.loop.create_datagram_endpoint(
+                        lambda uctx=uctx: UdpListenerProtocol(uctx), sock=sock
+                    )
+                    self.udp_transports.append(transport)
             else:
                 continue
             log.info(
@@ -390,27 +395,62 @@ class Worker:
         )
 
     # ------------------------------------------------------------------ stopping
-    async def drain(self, grace: float) -> None:
+    async def drain(self, grace: float, *, hold_websockets: bool = False) -> None:
+        """Stop accepting, let what is in flight finish within ``grace``, then close.
+
+        Keep-alive connections are closed only between requests: for ``IDLE_CLOSE_WINDOW``
+        every response says ``Connection: close`` and ends its connection (a client that
+        was about to reuse one gets its answer, then reconnects, to the Guard that took
+        over); after it the idle rest are closed, as nginx and HAProxy do. WebSockets get
+        a 1001 close at once, or, with ``hold_websockets`` (a restart: the successor
+        serves new ones), only as the grace runs out; tcp connections run to their end.
+        """
         self.draining = True
         for server in self.servers:
             server.close()
-        for ctx in self.contexts.values():
-            ctx.draining = True
-            for conn in list(ctx.connections):
-                conn.drain()  # type: ignore[attr-defined]
-        for tctx in self.tcp_contexts.values():
-            tctx.draining = True  # relayed connections just run to their end, or the grace
         for uctx in self.udp_contexts.values():
             uctx.close()  # a datagram session has no "in flight": it ends with its socket
-        deadline = self.loop.time() + grace
-        await self._drain_tcp(deadline)
-        while any(ctx.connections for ctx in self.contexts.values()):
-            if self.loop.time() >= deadline:
-                left = sum(len(ctx.connections) for ctx in self.contexts.values())
-                log.warning("drain grace expired with %d connections open; closing them", left)
+        for transport in self.udp_transports:
+            transport.close()
+        # Connections accepted just before the close may not have reached their protocol
+        # yet; they are served (the flag below would have a tcp relay refuse them).
+        await asyncio.sleep(0)
+        for ctx in self.contexts.values():
+            ctx.draining = True  # from here on every response ends its connection
+        for tctx in self.tcp_contexts.values():
+            tctx.draining = True
+        now = self.loop.time()
+        deadline = now + grace
+        close_idle_at = now + min(IDLE_CLOSE_WINDOW, grace)
+        close_websockets_at = max(now, deadline - CLOSE_TIMEOUT) if hold_websockets else now
+        told: set[object] = set()  # WebSockets sent their 1001
+        while True:
+            now = self.loop.time()
+            for ctx in self.contexts.values():
+                for conn in list(ctx.connections):
+                    if isinstance(conn, HttpProxyProtocol):
+                        if now >= close_idle_at:
+                            conn.drain()  # idle: closed now; busy: after this response
+                    elif now >= close_websockets_at and conn not in told:
+                        told.add(conn)
+                        conn.drain()  # type: ignore[attr-defined]
+            http_left = sum(len(ctx.connections) for ctx in self.contexts.values())
+            tcp_left = sum(len(t.connections) for t in self.tcp_contexts.values())
+            if not http_left and not tcp_left:
+                break
+            if now >= deadline:
+                log.warning(
+                    "drain grace expired with %d http/WebSocket and %d tcp connections open;"
+                    " closing them",
+                    http_left,
+                    tcp_left,
+                )
                 for ctx in self.contexts.values():
                     for conn in list(ctx.connections):
                         conn.transport.abort()  # type: ignore[attr-defined]
+                for tctx in self.tcp_contexts.values():
+                    for tconn in list(tctx.connections):
+                        tconn.abort()
                 break
             await asyncio.sleep(0.02)
         for svc in self.services.values():
@@ -423,39 +463,28 @@ class Worker:
             self.access_log.flush()
         self.sweeper.stop()
 
-    async def _drain_tcp(self, deadline: float) -> None:
-        # http connections were told to drain before this and keep draining meanwhile;
-        # both kinds share the one grace deadline.
-        while any(t.connections for t in self.tcp_contexts.values()):
-            if self.loop.time() >= deadline:
-                left = sum(len(t.connections) for t in self.tcp_contexts.values())
-                log.warning("drain grace expired with %d tcp connections open; closing them", left)
-                for tctx in self.tcp_contexts.values():
-                    for conn in list(tctx.connections):
-                        conn.abort()
-                break
-            await asyncio.sleep(0.02)
-
 
 async def serve(
     config: GuardConfig,
+    sockets: ListenSockets,
     *,
-    reuse_port: bool = False,
     worker_id: int = 0,
     metrics_socket: str | None = None,
     control_socket: str | None = None,
 ) -> int:
     """Run one data-plane worker until SIGTERM/SIGINT, then drain and return 0.
 
-    Alone (``workers: 1``) it serves the admin address itself and hosts the control plane
-    and the usage ledger; under the supervisor it streams its metrics to ``metrics_socket``
-    and reaches the supervisor's control plane on ``control_socket``.
+    Alone (``workers: 1``) it serves the admin address itself, hosts the control plane
+    and the usage ledger, and on SIGUSR2 hands its sockets to a new Guard and drains once
+    that one serves (``guard.runtime.handover``); under the supervisor it streams its
+    metrics to ``metrics_socket`` and reaches the supervisor's control plane on
+    ``control_socket``.
     """
     # What the route files looked like when this process read them: a reload signal that
     # came while it was starting (ignored until the handler below exists) is made up for
     # by comparing once the handler is in place.
     routes_seen = signature(config.routes_path)
-    worker = Worker(config, reuse_port=reuse_port, worker_id=worker_id)
+    worker = Worker(config, sockets, worker_id=worker_id)
     loop = worker.loop
     host: ControlHost | None = None
     remote: RemoteLink | None = None
@@ -520,7 +549,7 @@ async def serve(
                 ).handle,
             ),
         )
-        await admin.start()  # before the listeners: a taken admin port stops us cleanly
+        await admin.start(sockets.of(ADMIN))  # before the listeners
     async with reload_lock:  # an admin API write meanwhile applies to the started worker
         await worker.start()
     if config.usage is not None and send_traffic is not None:
@@ -541,18 +570,53 @@ async def serve(
     if signature(config.routes_path) != routes_seen:
         on_sighup()
     watcher: RouteWatcher | None = None
-    if not metrics_socket:  # alone; under the supervisor it watches and signals us
+    alone = not metrics_socket  # else the supervisor watches, signals and restarts us
+    handed_over = False
+    restarting: list[asyncio.Task[None]] = []
+
+    async def restart() -> None:
+        nonlocal handed_over
+        if await start_successor(sockets) is not None and not stop.is_set():
+            handed_over = True
+            stop.set()
+
+    def on_sigusr2() -> None:
+        if stop.is_set() or any(not t.done() for t in restarting):
+            log.warning("SIGUSR2 ignored: a restart or a drain is already under way")
+            return
+        restarting[:] = [loop.create_task(restart())]
+
+    def on_sigusr1() -> None:
+        nonlocal handed_over
+        handed_over = True  # the supervisor's successor serves: drain as after a restart
+        stop.set()
+
+    pid_file = PidFile(config.pid_file if alone else None)
+    if alone:
         watcher = RouteWatcher(config.routes_path, on_sighup)
         watcher.start()
+        loop.add_signal_handler(signal.SIGUSR2, on_sigusr2)
+        pid_file.write()
+    else:
+        loop.add_signal_handler(signal.SIGUSR1, on_sigusr1)
     if worker_id == 0:
-        listeners = len(worker.servers) + len(worker.udp_contexts)
+        listeners = len(worker.contexts) + len(worker.tcp_contexts) + len(worker.udp_contexts)
         print(f"guard: serving ({listeners} listeners)", file=sys.stderr, flush=True)
+    notify_ready()  # the Guard that started us (or the supervisor) may hand over now
     await stop.wait()
+    for task in restarting:
+        if not task.done():
+            task.cancel()  # SIGTERM during a restart: the successor is stopped too
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     log.info("worker %d: draining (grace %.1fs)", worker_id, config.http.timeouts.drain)
-    # /healthz answers 503 "draining" throughout, so load balancers stop sending first.
+    # /healthz answers 503 "draining" throughout, so load balancers stop sending first;
+    # after a handover the new Guard answers it, and this one stops accepting there too.
     if watcher is not None:
         watcher.stop()
-    await worker.drain(config.http.timeouts.drain)
+    if admin is not None and handed_over:
+        admin.stop_accepting()
+    await worker.drain(config.http.timeouts.drain, hold_websockets=handed_over)
     worker.flush_traffic()  # the last partial interval reaches the ledger too
     if host is not None:
         await host.close()  # after the drain: in-flight requests finished on instances
@@ -562,6 +626,8 @@ async def serve(
         await sender.close()
     if admin is not None:
         admin.close()
+    sockets.close()
+    pid_file.remove()
     return 0
 
 
@@ -586,6 +652,8 @@ def main(argv: list[str] | None = None) -> int:
     # A SIGHUP (route reload) can arrive before the loop installs its handler; its default
     # action would kill a worker that is still starting.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # restarts are the supervisor's business
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # "a successor serves": handled once serving
     _die_with_parent()
     from guard.runtime.logs import setup_logging
     from guard.runtime.loop import run
@@ -593,10 +661,13 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     config = load_config(args.config)
     try:
+        # The supervisor's sockets for this worker's slot; one only in this worker's
+        # config (guard.yaml changed since the supervisor started) is bound here.
+        sockets = take_sockets(config, slots=1, reuse_port=True, admin=False)
         return run(
             serve(
                 config,
-                reuse_port=True,
+                sockets,
                 worker_id=args.worker_id,
                 metrics_socket=os.environ.get(METRICS_SOCKET_ENV),
                 control_socket=os.environ.get(CONTROL_SOCKET_ENV),
