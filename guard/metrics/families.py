@@ -277,6 +277,18 @@ FAMILIES: dict[str, Family] = {
             ("service", "reason"),
         ),
         Family(
+            "guard_driver_up",
+            "gauge",
+            "1 while the driver's daemon answers (docker), 0 during an outage.",
+            ("driver",),
+        ),
+        Family(
+            "guard_driver_outages_total",
+            "counter",
+            "Times the driver's daemon stopped answering (reconnected with backoff, resynced).",
+            ("driver",),
+        ),
+        Family(
             "guard_instance_cpu_seconds_total",
             "counter",
             "CPU time used by a container service's instances, read from the driver"
