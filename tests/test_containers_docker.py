@@ -4,7 +4,7 @@ tests/test_containers.py covers the wake/hold/sleep machinery on the process dri
 module checks the same promises hold when every instance is a container: one container for
 a burst of cold requests, a start failure seen at once from the daemon's events, sleep that
 stops *and removes* the container, and containers that a SIGKILLed Guard left behind
-reaped by the next Guard at start.
+adopted by the next Guard at start when their spec still fits (reaped when not).
 
 Guard runs as ``python -m guard run`` (the ``guard`` fixture) with ``drivers: {docker:
 {network: host}}``; instances are busybox httpd in the image tests/docker/build_image.sh
@@ -12,7 +12,7 @@ builds. Skipped without a daemon, except under CI=true, where it fails (the appr
 helpers of tests/test_docker_driver.py).
 
 Every Guard here runs with ``drivers.docker.guard_id`` set to this module's own id, so the
-two Guards of the SIGKILL test share it (the second reaps the first's containers) while
+two Guards of the SIGKILL tests share it (the second adopts or reaps the first's) while
 anything else on the daemon, with another id, is never touched. Each test names its
 services ``dk<random>`` and only ever looks at (and cleans up) containers whose
 ``guard.instance`` label starts with those names.
@@ -233,7 +233,7 @@ def test_sleep_after_idle_removes_the_container_then_wakes_again(docker_app: Doc
     assert c["labels"][LABEL_INSTANCE] != stopped["instance"]  # a new container, not a restart
 
 
-def test_sigkilled_guard_leaves_containers_the_next_guard_reaps(docker_app: DockerApp) -> None:
+def test_sigkilled_guard_leaves_containers_the_next_guard_adopts(docker_app: DockerApp) -> None:
     first = docker_app.start()
     assert fetch(first.port, host="app.test", timeout=30).status == 200
     assert fetch(first.port, host="k1.sbx.test", timeout=30).status == 200
@@ -245,14 +245,44 @@ def test_sigkilled_guard_leaves_containers_the_next_guard_reaps(docker_app: Dock
     assert all(c["state"] == "running" for c in left), left
     assert all(c["labels"][LABEL_ID] == GUARD_ID for c in left)
 
-    # The same config again: the control plane reaps when it creates the docker driver,
+    # The same config again: the control plane adopts when it creates the docker driver,
     # which is at start (the services exist), before any request.
     second = docker_app.start()
-    wait_for(
-        lambda: containers(docker_app.app, docker_app.sbx) == [], 15, "the orphans to be reaped"
-    )
+    wait_for(lambda: len(events(second, "ready")) == 2, 15, "both containers adopted")
+    assert {e["instance"] for e in events(second, "adopt")} == {
+        c["labels"][LABEL_INSTANCE] for c in left
+    }
+    assert all(e["adopted"] for e in events(second, "ready"))
+    for host in ("app.test", "k1.sbx.test"):
+        r = fetch(second.port, host=host, timeout=30)
+        assert r.status == 200 and r.body == b"ok\n"
+        assert r.header("x-guard-cold-start") is None  # served warm, by the adopted container
+    assert events(second, "start") == []  # no second container
+    now = containers(docker_app.app, docker_app.sbx)
+    assert sorted(c["id"] for c in now) == sorted(c["id"] for c in left)
+
+    # Adopted instances are this Guard's own: a graceful stop stops and removes them.
+    second.stop()
+    assert second.proc.returncode == 0, second.stderr[-2000:]
+    assert containers(docker_app.app, docker_app.sbx) == []
+
+
+def test_leftovers_of_a_changed_spec_are_reaped_not_adopted(docker_app: DockerApp) -> None:
+    first = docker_app.start()
+    assert fetch(first.port, host="app.test", timeout=30).status == 200
+    assert fetch(first.port, host="k1.sbx.test", timeout=30).status == 200
+    (old_sbx,) = containers(docker_app.sbx)
+    first.proc.kill()
+    first.proc.wait(5)
+
+    # app's command changed (a new spec): its container is removed; sbx's still fits.
+    changed = [*SERVE[:2], SERVE[2].replace("httpd -f", "httpd -f -v")]
+    second = docker_app.start(command=changed)
+    wait_for(lambda: containers(docker_app.app) == [], 15, "the mismatching container reaped")
     assert "containers left by an earlier Guard" in second.stderr
-    assert events(second, "start") == []  # reaping started nothing
+    (adopted,) = events(second, "adopt")
+    assert adopted["service"] == docker_app.sbx
+    assert [c["id"] for c in containers(docker_app.sbx)] == [old_sbx["id"]]
     r = fetch(second.port, host="app.test", timeout=30)
     assert r.status == 200 and r.header("x-guard-cold-start") is not None
     assert len(containers(docker_app.app)) == 1

@@ -521,6 +521,50 @@ def test_reap_orphans_removes_only_this_guards_leftovers(
     run(main())
 
 
+def test_leftovers_adopt_and_abandoned_removal(run: Runner, guard_id: str) -> None:
+    """A second driver (the next Guard) lists the first one's running container with what
+    it was made for, adopts it (exits reported, stats from adoption on), and a removal that
+    failed while the daemon was unreachable is finished by the next resync."""
+
+    async def main() -> None:
+        first = DockerDriver(CONFIG, guard_id=guard_id)
+        serve = spec("sleep 60")
+        made = await first.create(
+            serve,
+            instance_id=f"{guard_id}-a",
+            env_extra={"GUARD_SERVICE": "svc", "GUARD_KEY": "k1"},
+        )
+        made = await first.start(made)
+        await first._client().close()  # the first Guard "crashed": its containers run on
+        second = DockerDriver(CONFIG, guard_id=guard_id)
+        try:
+            (left,) = await second.leftovers()
+            assert left.service == "svc" and left.key == "k1"
+            assert left.spec == docker_driver.spec_digest(serve, CONFIG.network)
+            assert left.handle.id == made.id and left.handle.port == made.port
+            assert left.handle.container_id == made.container_id
+            handle = second.adopt(left, stop_timeout=1.0)
+            assert (await second.inspect(handle)).status is InstanceStatus.RUNNING
+            assert await second.leftovers() == []  # known now
+            assert (await second.stats(handle)).cpu_seconds == 0.0  # counted from adoption
+
+            # The daemon "goes away" just as the instance is being removed.
+            client = second._docker
+            second._docker = aiodocker.Docker(url=f"unix:///nonexistent/{guard_id}.sock")
+            with pytest.raises(docker_driver.DriverUnavailable):
+                await second.remove(handle)
+            await second._docker.close()
+            second._docker = client
+            await second._reconcile()  # what the events watcher runs once it reconnects
+            assert await docker_show(f"guard-{handle.id}") is None
+            with pytest.raises(InstanceNotFound):
+                await second.inspect(handle)
+        finally:
+            await second.close()
+
+    run(main())
+
+
 def test_missing_image_names_it(run: Runner, guard_id: str) -> None:
     async def main() -> None:
         driver = DockerDriver(CONFIG, guard_id=guard_id)

@@ -32,7 +32,7 @@ from guard.config.model import ScaleConfig, ServiceConfig
 from guard.control.messages import WakeFailure
 from guard.control.probe import InstanceExited, NotReadyInTime, wait_ready
 from guard.control.state import ControlState, Instance, Phase
-from guard.drivers.base import Driver, DriverError
+from guard.drivers.base import Driver, DriverError, DriverUnavailable, InstanceHandle
 
 log = logging.getLogger("guard.control")
 
@@ -221,6 +221,9 @@ class ServiceController:
             reason = f"instance exited before it was ready: {e}"
         except NotReadyInTime as e:
             code, reason = "wake_timeout", f"instance {e}"
+        except DriverUnavailable as e:
+            # The daemon is away (restarting): no sign the app is broken, so no escalation.
+            reason, self._failures = f"cannot start instance: {e}", 0
         except DriverError as e:
             reason = f"cannot start instance: {e}"
         else:
@@ -257,6 +260,49 @@ class ServiceController:
         inst.exit_reason = reason
         self.host.event("start_failed", inst, error=reason, backoff_s=delay)
         self.host.fail(WakeFailure(self.name, inst.key, code, reason))
+
+    # -------------------------------------------------------------- adopting
+    def adopt(self, handle: InstanceHandle, key: str | None) -> Instance:
+        """Take over a running instance an earlier Guard left (``guard.control.adoption``;
+        the driver already adopted it): probed like a new one, then published."""
+        inst = Instance(
+            id=handle.id,
+            service=self.name,
+            key=key,
+            phase=Phase.STARTING,
+            created_at=self.loop.time(),
+            handle=handle,
+            started_wall=time.time(),  # metered from now: the earlier Guard had the rest
+        )
+        self.state.put(inst)
+        self.host.event("adopt", inst, container=handle.container_id)
+        self._spawn(self._run_adopt(inst, handle))
+        return inst
+
+    async def _run_adopt(self, inst: Instance, handle: InstanceHandle) -> None:
+        exited: asyncio.Future[str] = self.loop.create_future()
+        self._exits[inst.id] = exited
+        t0 = self.loop.time()
+        try:
+            await wait_ready(
+                handle, self.spec.ready, timeout=self.scale.wake_timeout, exited=exited
+            )
+        except (InstanceExited, NotReadyInTime) as e:
+            reason = f"adopted instance not ready: {e}"
+        else:
+            if inst.phase is Phase.STARTING:
+                inst.phase = Phase.READY
+                inst.ready_at = inst.last_active = self.loop.time()
+                self.state.put(inst)
+                self.host.instance_started(inst)
+                self.host.publish(self.name)
+                probe_ms = round((inst.ready_at - t0) * 1000, 1)
+                self.host.event("ready", inst, adopted=True, probe_ms=probe_ms)
+                return
+            reason = inst.stop_reason or "stopped while adopting"
+        finally:
+            self._exits.pop(inst.id, None)
+        await self._dispose(inst, reason)
 
     # ----------------------------------------------------------------- exits
     def on_exit(self, instance_id: str, code: int, reason: str) -> None:

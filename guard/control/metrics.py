@@ -61,6 +61,9 @@ def control_snapshot(plane: ControlPlane) -> Snapshot:
         add(snap, "guard_instance_cpu_seconds_total", (service,), seconds)
     for service, per_instance in list(stats.memory.items()):
         add(snap, "guard_instance_memory_bytes", (service,), sum(per_instance.values()))
+    for name, driver in list(plane.drivers.items()):
+        add(snap, "guard_driver_up", (name,), 1 if driver.up else 0)
+        add(snap, "guard_driver_outages_total", (name,), driver.outages)
     for name, checker in list(plane.health.items()):
         for server in checker.servers:
             add(snap, "guard_backend_up", (name, server.name), 1 if server.up else 0)

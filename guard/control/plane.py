@@ -19,6 +19,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from guard.config.model import GuardConfig, RoutesConfig, ServiceConfig
 from guard.control.controller import Load, ServiceController
@@ -36,6 +37,9 @@ from guard.control.metering import UsageMeter
 from guard.control.metrics import ControlStats
 from guard.control.state import ControlState, Instance, MemoryState, Phase
 from guard.drivers.base import Driver, DriverError, InstanceHandle
+
+if TYPE_CHECKING:
+    from guard.drivers.docker import DockerDriver, Leftover
 
 log = logging.getLogger("guard.control")
 lifecycle_log = logging.getLogger("guard.lifecycle")
@@ -105,6 +109,7 @@ class ControlPlane:
         self.on_stopped: list[InstanceHook] = []
         self.stats = ControlStats()
         self.meter: UsageMeter | None = None  # set by whoever runs the usage ledger
+        self._adopted: dict[str, list[Leftover]] = {}  # service -> containers to take over
 
     # ------------------------------------------------------------------ setup
     async def start(self) -> None:
@@ -142,7 +147,14 @@ class ControlPlane:
             docker_cfg = self.config.drivers.docker
             assert docker_cfg is not None  # the loader checked the service's driver exists
             driver = DockerDriver(docker_cfg, guard_id=docker_guard_id(self.config))
-            reaped = await driver.reap_orphans() if self.reap_orphans else []
+            reaped = []
+            if self.reap_orphans:
+                # A plain start: containers an earlier Guard left (it crashed) are adopted
+                # when they still match their service, the rest removed. A Guard taking
+                # over from a running one (binary restart) does neither: those containers
+                # are the old Guard's, which drains and stops them itself.
+                await self._adopt_leftovers(driver)
+                reaped = await driver.reap_orphans()
             if reaped:
                 log.warning("removed %d containers left by an earlier Guard", len(reaped))
         else:
@@ -200,7 +212,31 @@ class ControlPlane:
     async def _controller(self, cfg: ServiceConfig) -> ServiceController:
         assert cfg.container is not None
         driver = await self._driver(cfg.container.driver)
-        return ServiceController(cfg, driver, self.state, self, loop=self.loop)
+        ctl = ServiceController(cfg, driver, self.state, self, loop=self.loop)
+        for left in self._adopted.pop(cfg.name, ()):
+            ctl.adopt(left.handle, left.key)
+        return ctl
+
+    async def _adopt_leftovers(self, driver: DockerDriver) -> None:
+        """The running containers an earlier Guard left that still fit the route files:
+        taken over by the driver now, by their controllers as these are made."""
+        from guard.control.adoption import adoptable
+        from guard.drivers.docker import spec_digest
+
+        network = driver.network
+        found = adoptable(
+            await driver.leftovers(),
+            self.routes.services,
+            lambda spec: spec_digest(spec, network),
+        )
+        for service, lefts in found.items():
+            stop_timeout = self.routes.services[service].container.stop_timeout  # type: ignore[union-attr]
+            for left in lefts:
+                driver.adopt(left, stop_timeout)
+            self._adopted[service] = lefts
+            log.info(
+                "adopting %d running containers of %s left by an earlier Guard", len(lefts), service
+            )
 
     async def reload(self, routes: RoutesConfig) -> None:
         """New route files: add, reconfigure and remove controllers."""

@@ -10,6 +10,7 @@ named by ``container.driver`` and is the only caller.
 from guard.drivers.base import (
     Driver,
     DriverError,
+    DriverUnavailable,
     ExitCallback,
     InstanceHandle,
     InstanceNotFound,
@@ -21,6 +22,7 @@ from guard.drivers.base import (
 __all__ = [
     "Driver",
     "DriverError",
+    "DriverUnavailable",
     "ExitCallback",
     "InstanceHandle",
     "InstanceNotFound",

@@ -29,6 +29,12 @@ class DriverError(Exception):
     """A driver call failed; the message says why in terms a 503 body can carry."""
 
 
+class DriverUnavailable(DriverError):
+    """The driver's daemon cannot be reached (down, restarting, socket gone). Says nothing
+    about the instance's app: the control plane retries soon rather than backing off as
+    it does for an app that fails to start."""
+
+
 class InstanceNotFound(DriverError):
     """The handle names no instance this driver knows (never created, or removed)."""
 
@@ -125,6 +131,10 @@ class Driver(abc.ABC):
     """One way of running instances. Methods are coroutines run on Guard's event loop."""
 
     name: str
+    # For /metrics: whether the driver's daemon answers, and how often it stopped answering
+    # (drivers with no daemon, like process, are always up).
+    up: bool = True
+    outages: int = 0
 
     @abc.abstractmethod
     async def create(

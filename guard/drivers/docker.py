@@ -6,10 +6,16 @@ event loop. An instance is a container named ``guard-<instance id>`` made from
 
 - ``spec.command`` as its Cmd (the image's entrypoint stays), and ``spec.env`` plus Guard's
   ``env_extra`` plus ``$PORT`` as its environment. Nothing of Guard's own environment.
-- labels ``guard.managed=true``, ``guard.id=<guard_id>``, ``guard.instance=<instance id>``:
-  containers outlive the client that made them, so a restarted Guard finds what its
-  previous run left with ``reap_orphans()`` (the control plane calls it once at startup,
-  before it creates instances) and the exit watcher only hears about its own containers.
+- labels ``guard.managed=true``, ``guard.id=<guard_id>``, ``guard.instance=<instance id>``,
+  and what a restarted Guard needs to take the container over: ``guard.service``,
+  ``guard.key`` (per-key instances; both from Guard's ``env_extra``), ``guard.port`` (where
+  Guard connects) and ``guard.spec`` (``spec_digest``: the spec and network it was made
+  from). Containers outlive the client that made them: a Guard that crashed (or handed
+  over to a new binary) leaves them running, and the next one *adopts* the running ones
+  whose service still exists with the same spec (``leftovers()`` then ``adopt()``) and
+  removes everything else of its id with ``reap_orphans()`` (the control plane does both
+  once at startup, before it creates instances). The exit watcher only hears about its
+  own containers.
 - ``resources.cpu`` as NanoCpus (a CFS quota: the container gets that many cores' worth of
   time, however many cores it runs on) and ``resources.memory`` as Memory with MemorySwap
   equal to it, so the limit is a limit and not RAM plus as much again in swap. Going past
@@ -31,10 +37,15 @@ Exits come from the daemon's event stream (``die`` and ``oom`` events of contain
 labelled with this Guard's id), followed by a background task started on the first
 create/start and re-subscribed with backoff when the stream breaks. Each re-subscription
 asks the daemon to replay what it logged since the last event seen (``since``) and then
-checks every running instance with an inspect, so an exit during the gap (even a daemon
-restart, which loses the replay buffer) is still reported. An exit is recorded from the
-container's inspected state, once per run: a replayed ``die`` of an earlier run finds the
-container running again and is ignored.
+resyncs from one container list: an instance whose container stopped or vanished during
+the gap (even a daemon restart, which loses the replay buffer and, without the daemon's
+``live-restore``, kills every container) is reported as exited, and a labelled container
+Guard no longer tracks (a remove that failed while the daemon was away) is removed. An
+exit is recorded from the container's inspected state, once per run: a replayed ``die`` of
+an earlier run finds the container running again and is ignored. While the daemon cannot
+be reached the driver is ``up = False`` (logged once when it goes and once when it is back,
+with the outage's length; ``outages`` counts them); instances keep serving as long as their
+addresses answer, and calls fail with ``DriverUnavailable``.
 
 Docker reports a process killed by signal N as exit code 128 + N; the driver converts that
 to Python's -N (``InstanceState.exit_code``), so exit(137) from an app reads as SIGKILL.
@@ -52,6 +63,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import hashlib
+import json
 import logging
 import math
 import re
@@ -70,6 +84,7 @@ from guard.config.model import ContainerSpec, DockerDriverConfig
 from guard.drivers.base import (
     Driver,
     DriverError,
+    DriverUnavailable,
     ExitCallback,
     ExitListeners,
     InstanceHandle,
@@ -86,6 +101,10 @@ log = logging.getLogger(__name__)
 LABEL_MANAGED = "guard.managed"
 LABEL_ID = "guard.id"
 LABEL_INSTANCE = "guard.instance"
+LABEL_SERVICE = "guard.service"
+LABEL_KEY = "guard.key"
+LABEL_PORT = "guard.port"
+LABEL_SPEC = "guard.spec"
 NAME_PREFIX = "guard-"
 # Container names allow [a-zA-Z0-9][a-zA-Z0-9_.-]+; the process driver's id rule fits.
 _INSTANCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -142,6 +161,26 @@ def cpu_seconds(cpu_stats: Mapping[str, Any]) -> float:
     return int((cpu_stats.get("cpu_usage") or {}).get("total_usage") or 0) / 1e9
 
 
+def spec_digest(spec: ContainerSpec, network: str) -> str:
+    """What a container was made from, as a label value: a container is adopted only by a
+    service whose spec (image, command, env, resources, probe ...) and network are still
+    the same. Stable across processes and Python versions (sorted JSON, not ``hash()``)."""
+    doc = {"spec": dataclasses.asdict(spec), "network": network}
+    raw = json.dumps(doc, sort_keys=True, default=str).encode()
+    return hashlib.sha256(raw).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class Leftover:
+    """A running container an earlier Guard with this Guard's id left: what it is for."""
+
+    handle: InstanceHandle
+    service: str
+    key: str | None
+    spec: str  # spec_digest it was made with
+    created_wall: float  # unix time the container was created
+
+
 def container_name(instance_id: str) -> str:
     return NAME_PREFIX + instance_id
 
@@ -190,6 +229,12 @@ class _Instance:
     die_pending: bool = False  # a "die" event arrived while start() was in progress
     cpu_base: float = 0.0  # CPU seconds of earlier runs (a new run starts a new cgroup)
     cpu_high: float = 0.0  # stats() never reports less CPU than it once did
+    # Adopted: CPU counts from this driver's first reading (the earlier Guard metered the
+    # rest), so that reading sets cpu_base instead of being reported.
+    cpu_baseline_pending: bool = False
+    # Guard is done with it but the daemon could not be reached to remove it: removed by
+    # the resync once the daemon answers again.
+    abandoned: bool = False
 
     def state(self, pid: int | None = None) -> InstanceState:
         return InstanceState(
@@ -225,6 +270,13 @@ class DockerDriver(Driver):
         self._docker: aiodocker.Docker | None = None
         self._events_task: asyncio.Task[None] | None = None
         self._events_since: str | None = None
+        self.up = True
+        self.outages = 0
+        self._down_since: float | None = None
+
+    @property
+    def network(self) -> str:
+        return self._config.network
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -271,7 +323,12 @@ class DockerDriver(Driver):
             LABEL_MANAGED: "true",
             LABEL_ID: self._guard_id,
             LABEL_INSTANCE: instance_id,
+            LABEL_SERVICE: env_extra.get("GUARD_SERVICE", ""),
+            LABEL_PORT: str(host_port),
+            LABEL_SPEC: spec_digest(spec, self._config.network),
         }
+        if "GUARD_KEY" in env_extra:
+            config["Labels"][LABEL_KEY] = env_extra["GUARD_KEY"]
         # So that an operator's own `docker stop` gives the app the same grace period.
         config["StopTimeout"] = math.ceil(spec.stop_timeout)
         if spec.resources.cpu is not None:
@@ -353,13 +410,19 @@ class DockerDriver(Driver):
 
     async def remove(self, handle: InstanceHandle) -> None:
         inst = self._get(handle)
-        await self.stop(handle, 0.0)  # on_exit fires before the record goes away
         try:
+            await self.stop(handle, 0.0)  # on_exit fires before the record goes away
             with self._errors(f"cannot remove instance {handle.id}"):
                 await self._container(inst).delete(force=True)
+        except DriverUnavailable:
+            inst.abandoned = True  # the resync removes it when the daemon is back
+            raise
         except DriverError as e:
             if not isinstance(e.__cause__, DockerError) or e.__cause__.status != 404:
                 raise
+        self._forget(inst)
+
+    def _forget(self, inst: _Instance) -> None:
         self._instances.pop(inst.handle.id, None)
         self._by_container.pop(inst.container_id, None)
 
@@ -383,6 +446,60 @@ class DockerDriver(Driver):
         docker, self._docker = self._docker, None
         if docker is not None:
             await docker.close()
+
+    async def leftovers(self) -> list[Leftover]:
+        """Running containers labelled with this Guard's id that this driver does not know,
+        with what they were made for: candidates for ``adopt``. Containers without the
+        adoption labels (made by an older Guard) are not listed; ``reap_orphans`` removes
+        them."""
+        filters = {
+            "label": [f"{LABEL_MANAGED}=true", f"{LABEL_ID}={self._guard_id}"],
+            "status": ["running"],
+        }
+        with self._errors("cannot list containers"):
+            found = await self._client().containers.list(filters=filters)
+        out: list[Leftover] = []
+        for container in found:
+            if container.id in self._by_container:
+                continue
+            labels = container["Labels"] or {}
+            instance, service = labels.get(LABEL_INSTANCE, ""), labels.get(LABEL_SERVICE, "")
+            port, spec = labels.get(LABEL_PORT, ""), labels.get(LABEL_SPEC, "")
+            if not (_INSTANCE_ID.fullmatch(instance) and service and spec and port.isdigit()):
+                continue
+            handle = InstanceHandle(
+                id=instance,
+                driver=self.name,
+                host=self._host,
+                port=int(port),
+                container_id=container.id,
+            )
+            created = float(container["Created"] or 0)
+            out.append(Leftover(handle, service, labels.get(LABEL_KEY), spec, created))
+        return out
+
+    def adopt(self, left: Leftover, stop_timeout: float) -> InstanceHandle:
+        """Take over a running container from ``leftovers()``: from now on it is this
+        driver's instance like any other (exits reported, stop, remove, stats)."""
+        handle = left.handle
+        if handle.id in self._instances or handle.id in self._reserved:
+            raise DriverError(f"instance {handle.id} already exists")
+        assert handle.container_id is not None
+        inst = _Instance(
+            handle=handle,
+            container_id=handle.container_id,
+            stop_timeout=stop_timeout,
+            status=InstanceStatus.RUNNING,
+            run=1,
+            start_ns=time.time_ns(),  # older oom events are an earlier Guard's business
+            started_at=self._clock(),
+            cpu_baseline_pending=True,
+        )
+        self._instances[handle.id] = inst
+        self._by_container[inst.container_id] = inst
+        # The stream's first resync inspects it: an exit since leftovers() is reported.
+        self._ensure_events()
+        return handle
 
     async def reap_orphans(self) -> list[str]:
         """Force-remove the containers labelled with this Guard's id that this driver does
@@ -451,7 +568,11 @@ class DockerDriver(Driver):
         # A container that stopped meanwhile answers with zeroed, empty stats.
         if inst.status is not InstanceStatus.RUNNING or "usage" not in memory_stats:
             raise DriverError(f"instance {handle.id} is not running")
-        inst.cpu_high = max(inst.cpu_high, inst.cpu_base + cpu_seconds(raw.get("cpu_stats", {})))
+        cgroup_cpu = cpu_seconds(raw.get("cpu_stats", {}))
+        if inst.cpu_baseline_pending:
+            inst.cpu_baseline_pending = False
+            inst.cpu_base = -cgroup_cpu
+        inst.cpu_high = max(inst.cpu_high, inst.cpu_base + cgroup_cpu)
         return InstanceStats(
             cpu_seconds=inst.cpu_high, memory_bytes=memory_in_use(memory_stats), at=at
         )
@@ -530,20 +651,24 @@ class DockerDriver(Driver):
         last_why = None
         while True:
             began = time.monotonic()
+            unreachable = False
             try:
                 await self._follow_events()
                 why = "the stream ended"
             except asyncio.CancelledError:
                 raise
             except DriverError as e:
-                why = str(e)
+                why, unreachable = str(e), isinstance(e, DriverUnavailable)
             except DockerError as e:
-                why = self._error(e, "docker events").args[0]
+                error = self._error(e, "docker events")
+                why, unreachable = error.args[0], isinstance(error, DriverUnavailable)
             except _CONNECTION_ERRORS as e:
-                why = self._unreachable(e).args[0]
+                why, unreachable = self._unreachable(e).args[0], True
             except Exception as e:  # a bug must not end exit reporting for good
                 log.exception("docker events watcher failed")
                 why = repr(e)
+            if unreachable:
+                self._went_down(why)
             if time.monotonic() - began > _STABLE_STREAM:
                 backoff = _RETRY_MIN
             # Once per kind of failure: a daemon that stays down must not flood the log.
@@ -552,6 +677,32 @@ class DockerDriver(Driver):
             last_why = why
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _RETRY_MAX)
+
+    def _went_down(self, why: str) -> None:
+        if not self.up:
+            return
+        self.up = False
+        self.outages += 1
+        self._down_since = time.monotonic()
+        log.warning(
+            "docker daemon unreachable (%s): instances keep serving while their addresses "
+            "answer; reconnecting",
+            why,
+        )
+
+    def _came_back(self, exited: int, removed: int) -> None:
+        if self.up:
+            return
+        self.up = True
+        down = time.monotonic() - (self._down_since or time.monotonic())
+        self._down_since = None
+        log.warning(
+            "docker daemon reachable again after %.1fs; resynced: %d instances exited "
+            "meanwhile, %d abandoned containers removed",
+            down,
+            exited,
+            removed,
+        )
 
     async def _follow_events(self) -> None:
         docker = self._client()
@@ -572,18 +723,32 @@ class DockerDriver(Driver):
         finally:
             if not stream.done():
                 stream.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await stream
+                # wait(), not await: the stream's CancelledError is expected, but a cancel
+                # of this task arriving meanwhile (close()) must still end it.
+                await asyncio.wait((stream,))
+            elif not stream.cancelled():
+                stream.exception()  # retrieved: what broke it is already being handled
 
     async def _reconcile(self) -> None:
-        """Check every running instance: exits during a gap in the stream that the
-        daemon's replay buffer no longer holds (it restarted) are found here."""
-        for inst in [i for i in self._instances.values() if i.status is InstanceStatus.RUNNING]:
-            try:
+        """Resync from one container list: instances whose container stopped or vanished
+        during a gap in the stream (the daemon's replay buffer does not survive its
+        restart) are reported as exited; abandoned ones are removed. Raises when the daemon
+        cannot be reached, so the stream is retried."""
+        filters = {"label": [f"{LABEL_ID}={self._guard_id}"]}
+        with self._errors("cannot list containers"):
+            found = await self._client().containers.list(all=True, filters=filters)
+        states = {c.id: c["State"] for c in found}
+        exited = removed = 0
+        for inst in list(self._instances.values()):
+            gone = states.get(inst.container_id) not in _RUNNING
+            if inst.status is InstanceStatus.RUNNING and gone:
                 await self._check_exit(inst)
-            except DriverError as e:
-                log.debug("reconcile %s: %s", inst.handle.id, e)
-                return  # the daemon is unreachable: the stream will fail and retry
+                exited += inst.status is InstanceStatus.EXITED
+            if inst.abandoned:
+                with contextlib.suppress(DriverError):
+                    await self.remove(inst.handle)
+                    removed += 1
+        self._came_back(exited, removed)
 
     async def _on_event(self, event: Mapping[str, Any]) -> None:
         if (ns := event.get("timeNano")) is not None:
@@ -645,8 +810,9 @@ class DockerDriver(Driver):
             return self._unreachable(e)
         return DriverError(f"{what}: {e.message}")
 
-    def _unreachable(self, e: BaseException) -> DriverError:
-        return DriverError(f"cannot reach docker at {self._config.socket}: {_connection_detail(e)}")
+    def _unreachable(self, e: BaseException) -> DriverUnavailable:
+        detail = _connection_detail(e)
+        return DriverUnavailable(f"cannot reach docker at {self._config.socket}: {detail}")
 
 
 async def docker_available(socket: str) -> str | None:

@@ -162,6 +162,14 @@ FAMILIES: dict[str, Family] = {
             ("listener", "reason"),
         ),
         Family(
+            "guard_rate_limited_total",
+            "counter",
+            "Refused by a tcp or udp route's rate_limit: tcp connections closed at accept,"
+            " udp sessions not opened, udp datagrams dropped (http requests refused with"
+            ' 429 are guard_errors_total{code="rate_limited"}).',
+            ("listener", "route", "unit"),
+        ),
+        Family(
             "guard_udp_sessions_ended_total",
             "counter",
             "UDP sessions Guard ended, by reason (idle expiry, eviction when full).",
@@ -269,6 +277,18 @@ FAMILIES: dict[str, Family] = {
             ("service", "reason"),
         ),
         Family(
+            "guard_driver_up",
+            "gauge",
+            "1 while the driver's daemon answers (docker), 0 during an outage.",
+            ("driver",),
+        ),
+        Family(
+            "guard_driver_outages_total",
+            "counter",
+            "Times the driver's daemon stopped answering (reconnected with backoff, resynced).",
+            ("driver",),
+        ),
+        Family(
             "guard_instance_cpu_seconds_total",
             "counter",
             "CPU time used by a container service's instances, read from the driver"
@@ -343,11 +363,13 @@ TCP_ERROR_REASONS = {
     "unknown_sni": "unknown_sni",
     "proxy_rejected": "proxy_rejected",
     "wake_failed": "wake_failed",
+    "rate_limited": "rate_limited",
 }
 UDP_ERROR_REASONS = {
     "connect_failed": "connect_failed",
     "no_route": "no_route",
     "no_backend": "no_backend",
     "wake_failed": "wake_failed",
+    "rate_limited": "rate_limited",
 }
 UDP_END_REASONS = {"sessions_expired": "idle", "sessions_evicted": "evicted"}

@@ -125,6 +125,13 @@ class WorkerMetrics:
                 add(snap, "guard_tcp_connections_total", (name, route), rs.connections)
                 add(snap, "guard_tcp_received_bytes_total", (name, route), rs.bytes_in)
                 add(snap, "guard_tcp_sent_bytes_total", (name, route), rs.bytes_out)
+                if rs.rate_limited:
+                    add(
+                        snap,
+                        "guard_rate_limited_total",
+                        (name, route, "connection"),
+                        rs.rate_limited,
+                    )
 
     def _tls(self, snap: Snapshot) -> None:
         for name, tls in self.worker.tls.items():
@@ -144,6 +151,11 @@ class WorkerMetrics:
             add(snap, "guard_udp_dropped_datagrams_total", key, s.datagrams_dropped)
             for attr, reason in UDP_ERROR_REASONS.items():
                 add(snap, "guard_udp_errors_total", (name, reason), getattr(s, attr))
+            if uctx.limiter is not None or s.rate_limited or s.datagrams_rate_limited:
+                route = uctx.route.name if uctx.route is not None else ""
+                add(snap, "guard_rate_limited_total", (name, route, "session"), s.rate_limited)
+                limited = s.datagrams_rate_limited
+                add(snap, "guard_rate_limited_total", (name, route, "datagram"), limited)
             for attr, reason in UDP_END_REASONS.items():
                 add(snap, "guard_udp_sessions_ended_total", (name, reason), getattr(s, attr))
 

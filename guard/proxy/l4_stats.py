@@ -14,6 +14,7 @@ class L4Stats:
         "connect_failed",
         "connections",
         "datagrams_dropped",
+        "datagrams_rate_limited",
         "idle_timeouts",
         "no_backend",
         "no_route",
@@ -21,6 +22,7 @@ class L4Stats:
         "packets_in",
         "packets_out",
         "proxy_rejected",
+        "rate_limited",
         "sessions",
         "sessions_evicted",
         "sessions_expired",
@@ -45,6 +47,9 @@ class L4Stats:
         self.sessions_expired = 0
         self.sessions_evicted = 0  # dropped as the oldest when the table was full
         self.datagrams_dropped = 0  # queue full while connecting, oversize, or no backend
+        # the route's rate_limit refused a tcp connection / a udp session's first datagram
+        self.rate_limited = 0
+        self.datagrams_rate_limited = 0  # udp: dropped on an open session by rate_limit
         # held for a container service's wake, then refused: start failed, wake_timeout,
         # queue full, instance limit
         self.wake_failed = 0

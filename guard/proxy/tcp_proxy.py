@@ -44,6 +44,7 @@ from guard.upstream.resolver import ResolveError, Resolver
 if TYPE_CHECKING:
     from guard.balancing.backend import Backend
     from guard.config.model import RouteConfig
+    from guard.proxy.ratelimit import RouteLimiter
     from guard.upstream.container_service import ContainerService, Hold
     from guard.upstream.pool import UpstreamPool
     from guard.upstream.service import Service
@@ -121,6 +122,7 @@ class TcpListenerContext:
         "connections",
         "draining",
         "idle",
+        "limiters",
         "loop",
         "name",
         "resolver",
@@ -164,6 +166,8 @@ class TcpListenerContext:
         self.route_services: dict[str, str] = {}  # route -> service, for the usage ledger
         self.connections: set[TcpClientProtocol] = set()
         self.draining = False
+        # route name -> its rate_limit (one token per connection), swapped on reload
+        self.limiters: dict[str, RouteLimiter] = {}
 
     def stats_for(self, route: str, service: str = "") -> L4Stats:
         stats = self.route_stats.get(route)
@@ -444,6 +448,14 @@ class TcpClientProtocol(asyncio.Protocol):
         if route is None or service is None:
             ctx.stats.no_route += 1
             self._reject("no route")
+            return
+        limiter = ctx.limiters.get(route.name) if ctx.limiters else None
+        if limiter is not None and limiter.check(self.client_addr[0]):
+            # Closed before anything is opened upstream (or a container woken): a client
+            # over its limit costs one accept.
+            ctx.stats.rate_limited += 1
+            ctx.stats_for(route.name, route.service).rate_limited += 1
+            self._reject(f"{route}: rate limit reached")
             return
         pool = service.pick([], self.client_addr[0], b"")
         if pool is None and service.wakeable:

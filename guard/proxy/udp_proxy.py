@@ -14,6 +14,14 @@ a dict keeps in order for free: no per-datagram bookkeeping), and that is counte
 
 The only task is the one opening a session's upstream socket; datagrams arriving
 meanwhile wait in a small bounded queue.
+
+A route's ``rate_limit`` counts datagrams from the client (per client IP, or per tenant):
+a datagram is the udp request (a DNS query, a game tick, a QUIC packet), and counting only
+new sessions, as L4 connection limiters do for tcp, would leave one session free to flood
+the backend at any rate. A datagram over the limit from a new address opens no session
+(the session is refused, counted as ``rate_limited``); on an open session it is dropped
+(counted in ``datagrams_rate_limited``). The key is the client IP, not the address, so
+changing source ports buys nothing.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from guard.upstream.resolver import ResolveError, Resolver
 if TYPE_CHECKING:
     from guard.balancing.backend import Backend
     from guard.config.model import RouteConfig
+    from guard.proxy.ratelimit import RouteLimiter
     from guard.upstream.container_service import ContainerService, Hold
     from guard.upstream.pool import UpstreamPool
     from guard.upstream.service import Service
@@ -53,6 +62,7 @@ class UdpListenerContext:
 
     __slots__ = (
         "idle",
+        "limiter",
         "loop",
         "max_sessions",
         "name",
@@ -88,6 +98,12 @@ class UdpListenerContext:
         self.stats = L4Stats()
         self.sessions: dict[Address, UdpSession] = {}
         self.transport: asyncio.DatagramTransport | None = None
+        self.limiter: RouteLimiter | None = None  # the route's rate_limit
+
+    def use_limiters(self, limiters: dict[str, RouteLimiter]) -> None:
+        """Take the route's limiter from the listener's (after ``route`` was set)."""
+        route = self.route
+        self.limiter = limiters.get(route.name) if route is not None else None
 
     def close(self) -> None:
         """Stop the listener and end every session (drain, shutdown)."""
@@ -117,6 +133,12 @@ class UdpListenerProtocol(asyncio.DatagramProtocol):
         if len(data) > MAX_DATAGRAM:  # only possible over IPv6; could not be relayed as one
             self.stats.datagrams_dropped += 1
             return
+        limiter = self.ctx.limiter
+        if limiter is not None and limiter.check(addr[0]):
+            stats = self.stats
+            stats.datagrams_rate_limited += 1
+            stats.datagrams_dropped += 1
+            return
         session.deadline = self.sweeper.now + session.idle
         upstream = session.transport
         if upstream is not None:
@@ -142,6 +164,11 @@ class UdpListenerProtocol(asyncio.DatagramProtocol):
         service = ctx.services.get(route.service) if route is not None else None
         if service is None:
             stats.no_route += 1
+            stats.datagrams_dropped += 1
+            return
+        limiter = ctx.limiter
+        if limiter is not None and limiter.check(addr[0]):
+            stats.rate_limited += 1
             stats.datagrams_dropped += 1
             return
         pool = service.pick([], addr[0], b"")

@@ -35,16 +35,7 @@ def unsupported(config: GuardConfig) -> list[NotSupportedYet]:
     # admin.tokens and tenants are served by guard.admin. Tenant quotas are shown with
     # each tenant's use (GET /v1/tenants/NAME) but not enforced yet: that comes with
     # POST /v1/containers, so a tenant's container services PUT today can scale past them.
-    for route in config.routes.routes:
-        file = _name(route.source, config.routes_path)
-        limit = route.rate_limit
-        if limit is not None:
-            lc = config.listeners.get(route.listener)
-            if lc is None or lc.protocol not in ("http", "https"):
-                # Built for HTTP requests; per-connection limits on tcp/udp are not.
-                found.append(NotSupportedYet(file, f"routes.{route.name}.rate_limit"))
-            elif limit.by == "tenant":
-                found.append(NotSupportedYet(file, f"routes.{route.name}.rate_limit.by"))
+    # Every route's rate_limit is served (http, tcp, udp; by client_ip, header, tenant).
     # Services reached through http listeners: their keep-alive pools send no PROXY header.
     http_services = {
         r.service

@@ -37,7 +37,7 @@ from guard.metrics.snapshot import merge
 from guard.proxy.context import AccessLog, ListenerContext
 from guard.proxy.deadlines import DeadlineSweeper, tick_for
 from guard.proxy.http_proxy import HttpProxyProtocol
-from guard.proxy.ratelimit import RouteLimiter
+from guard.proxy.ratelimit import RateLimits, RouteLimiter
 from guard.proxy.tcp_proxy import (
     TcpClientProtocol,
     TcpListenerContext,
@@ -112,6 +112,7 @@ class Worker:
         self._report_timer: asyncio.TimerHandle | None = None
         self.contexts: dict[str, ListenerContext] = {}
         self.tcp_contexts: dict[str, TcpListenerContext] = {}
+        self.rate_limits = RateLimits(config.workers)
         self.udp_contexts: dict[str, UdpListenerContext] = {}
         self.tls: dict[str, TlsTermination] = {}  # https listeners, by name
         self.servers: list[asyncio.Server] = []
@@ -188,21 +189,6 @@ class Worker:
                 udp[name] = mine[0] if mine else None
         return tcp, udp
 
-    def _limiters(
-        self, listener: str, routes: RoutesConfig, current: dict[str, RouteLimiter]
-    ) -> dict[str, RouteLimiter]:
-        """Rate limiters of one listener's routes; an unchanged one keeps its buckets."""
-        out: dict[str, RouteLimiter] = {}
-        for route in routes.routes:
-            if route.listener != listener or route.rate_limit is None:
-                continue
-            old = current.get(route.name)
-            if old is not None and old.config == route.rate_limit:
-                out[route.name] = old
-            else:
-                out[route.name] = RouteLimiter(route.rate_limit, self.config.workers)
-        return out
-
     def attach_control(self, plane: ControlPlane) -> None:
         """Use ``plane`` for container services (before ``start``)."""
         self.link = plane.attach(self.worker_id, self)
@@ -260,7 +246,8 @@ class Worker:
         self._early_endpoints.clear()
         if self.link is not None:
             self._report_load()
-        await self._start_l4(services)
+        limiters = self.rate_limits.build(self.config.routes.routes)
+        await self._start_l4(services, limiters)
         http = self.config.http
         trusted = TrustedProxies(http.trusted_proxies)
         via = b"guard" if http.via else None
@@ -277,7 +264,7 @@ class Worker:
                 via=via,
                 access_log=self.access_log,
             )
-            ctx.limiters = self._limiters(name, self.config.routes, {})
+            ctx.limiters = limiters.get(name, {})
             self.contexts[name] = ctx
             factory = self._with_tls(name, lc, lambda ctx=ctx: HttpProxyProtocol(ctx))
             await self._listen(factory, name)
@@ -309,7 +296,9 @@ class Worker:
             server = await self.loop.create_server(factory, sock=sock, backlog=BACKLOG)
             self.servers.append(server)
 
-    async def _start_l4(self, services: dict[str, Service]) -> None:
+    async def _start_l4(
+        self, services: dict[str, Service], limiters: dict[str, dict[str, RouteLimiter]]
+    ) -> None:
         tcp_routing, udp_routes = self._build_l4(self.config.routes)
         connect = self.config.http.timeouts.connect
         for name, lc in self.config.listeners.items():
@@ -327,6 +316,7 @@ class Worker:
                     accept_proxy=pp is not None and pp.accept,
                     trusted=pp.trusted if pp is not None else (),
                 )
+                tctx.limiters = limiters.get(name, {})
                 self.tcp_contexts[name] = tctx
                 await self._listen(lambda tctx=tctx: TcpClientProtocol(tctx), name)
             elif lc.protocol == "udp":
@@ -340,6 +330,7 @@ class Worker:
                     idle=lc.udp_idle,
                     max_sessions=lc.max_sessions,
                 )
+                uctx.use_limiters(limiters.get(name, {}))
                 self.udp_contexts[name] = uctx
                 for sock in self.sockets.of(name):
                     transport, _ = await self.loop.create_datagram_endpoint(
@@ -372,17 +363,20 @@ class Worker:
     def apply_routes(self, routes: RoutesConfig) -> None:
         old = self.services
         services, tables = self._build(routes)
+        limiters = self.rate_limits.build(routes.routes)
         for name, ctx in self.contexts.items():
             ctx.table = tables[name]  # one reference swap: in-flight requests keep theirs
-            ctx.limiters = self._limiters(name, routes, ctx.limiters)
+            ctx.limiters = limiters.get(name, {})
         # Open tcp connections and udp sessions keep the backend they were given.
         tcp_routing, udp_routes = self._build_l4(routes)
         for name, tctx in self.tcp_contexts.items():
             tctx.routing = tcp_routing[name]
             tctx.services = services
+            tctx.limiters = limiters.get(name, {})
         for name, uctx in self.udp_contexts.items():
             uctx.route = udp_routes[name]
             uctx.services = services
+            uctx.use_limiters(limiters.get(name, {}))
         self.services = services
         kept = [svc for svc in services.values() if isinstance(svc, ContainerService)]
         retired = [svc for svc in old.values() if not any(svc is k for k in kept)]
