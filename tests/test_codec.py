@@ -865,3 +865,104 @@ def test_round_trip(parser: str, reqs, cuts, case) -> None:
             expected.append(("body", body))
         expected.append(("complete",))
     assert rec.events == expected
+
+
+# ------------------------------------------------- one verdict: llhttp's rules under h11
+
+
+def test_llhttp_methods_are_what_llhttp_accepts() -> None:
+    import httptools
+
+    from guard.http.codec import LLHTTP_METHODS
+
+    class Sink:
+        pass
+
+    def accepted(method: bytes) -> bool:
+        try:
+            httptools.HttpRequestParser(Sink()).feed_data(
+                method + b" / HTTP/1.1\r\nHost: a\r\n\r\n"
+            )
+        except httptools.HttpParserUpgrade:
+            return True  # CONNECT
+        except httptools.HttpParserError:
+            return False
+        return True
+
+    others = [b"FOO", b"get", b"GPOST", b"PRI", b"DESCRIBE", b"SETUP", b"PLAY", b"G" * 64]
+    assert all(accepted(m) for m in LLHTTP_METHODS)
+    assert not any(accepted(m) for m in others)
+    for m in others:  # and the h11 codec answers them the same
+        with pytest.raises(BadRequest):
+            feed_request("h11", m + b" / HTTP/1.1\r\nHost: a\r\n\r\n")
+
+
+CHUNKED_HEAD = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"3 \r\nabc\r\n0\r\n\r\n",  # whitespace after the size
+        b"3\t\r\nabc\r\n0\r\n\r\n",
+        b"3; a=b\r\nabc\r\n0\r\n\r\n",  # whitespace in an extension
+        b"3;a =b\r\nabc\r\n0\r\n\r\n",
+        b"3;\r\nabc\r\n0\r\n\r\n",  # an extension without a name
+        b"3;a\0\r\nabc\r\n0\r\n\r\n",
+        b"10000000000000000\r\n",  # 2**64: no 64-bit parser holds it
+        b"3\r\nabcX\r\n0\r\n\r\n",  # data not followed by CRLF
+        b"3\r\nabc\r\n0\r\n\n",  # bare LF ends the trailer section
+        b"3\r\nabc\r\n0\r\nX: y\n\r\n",
+        b"3\r\nabc\r\n0\r\nX: a\r\n b\r\n\r\n",  # folding
+        b"3\r\nabc\r\n0\r\nX : y\r\n\r\n",
+        b"3\r\nabc\r\n0\r\nContent-Length: 3\r\n\r\n",
+        b"3\r\nabc\r\n0\r\ntransfer-encoding: chunked\r\n\r\n",
+    ],
+)
+@pytest.mark.parametrize("step", [None, 1, 4])
+@parser_names
+def test_chunked_framing_llhttp_rejects_is_400_under_both(
+    parser: str, body: bytes, step: int | None
+) -> None:
+    with pytest.raises(BadRequest):
+        feed_request(parser, CHUNKED_HEAD + body, step)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"3;a\r\nabc\r\n0\r\n\r\n",
+        b"3;a=\r\nabc\r\n0\r\n\r\n",  # an empty token value: llhttp takes it
+        b'3;a="x y";b\r\nabc\r\n0\r\n\r\n',
+        b"0000000003\r\nabc\r\n0\r\n\r\n",
+        b"ffffffffffffffff\r\n",  # the largest size: the body is simply incomplete
+        b"3\r\nabc\r\n0\r\nX:y\r\nX-Sum: a b \r\n\r\n",
+    ],
+)
+@parser_names
+def test_chunked_framing_llhttp_takes_is_taken_by_both(parser: str, body: bytes) -> None:
+    for step in (None, 1, 3):
+        rec, _ = feed_request(parser, CHUNKED_HEAD + body, step)
+        assert rec.events[0][0] == "head"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    chunks=st.lists(st.binary(min_size=1, max_size=40), max_size=6),
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=6),
+)
+def test_chunk_checker_ends_where_the_body_ends(chunks: list[bytes], cuts: list[int]) -> None:
+    from guard.http.chunk_rules import ChunkedBodyChecker
+
+    body = b"".join(b"%x;k=v\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\nT: 1\r\n\r\n"
+    checker = ChunkedBodyChecker()
+    pieces = splits(body, cuts)
+    for piece in pieces[:-1]:
+        checker.feed(piece)
+    assert not checker.done or not pieces[-1]
+    checker.feed(pieces[-1])
+    assert checker.done
+    # with the next request right behind it, it stops at the body's end
+    checker = ChunkedBodyChecker()
+    checker.feed(body + b"GET / HTTP/1.1\r\n\r\n")
+    assert checker.done

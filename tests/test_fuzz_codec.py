@@ -502,23 +502,8 @@ def _body(v: Verdict) -> bytes:
 # Where the codecs are known to disagree (each is a corpus case marked xfail): the error
 # text of the codec that rejects, the codec that rejects, and the corpus case.
 KNOWN = [
-    # h11 takes any token for a method; llhttp has a fixed table
-    ("httptools", r"Invalid method encountered|Expected space after method", "unknown-method"),
-    # h11's chunk line is size{1,20} (";" anything)? OWS CRLF; llhttp's is strict
-    ("httptools", r"chunk size|Chunk size overflow", "size-trailing-space, size-overflow-64bit"),
-    ("httptools", r"chunk extension", "extension-nul, extension-stray-quote, ..."),
+    # h11's chunk-size is at most 20 characters, leading zeros included; llhttp's any
     ("h11", r"illegal chunk header", "size-21-digits"),
-    # h11 reads trailers leniently (the adapter checks the bytes of heads only)
-    (
-        "httptools",
-        r"Missing expected CR after header value|Unexpected whitespace after header value"
-        r"|Invalid header field char|Content-Length can't be present with Transfer-Encoding"
-        r"|Invalid `Transfer-Encoding` header value|Invalid header value char"
-        r"|Missing expected LF after header value|Invalid header token",
-        "trailer-bare-lf, trailer-folded, trailer-content-length, ...",
-    ),
-    ("httptools", r"Request has invalid `Transfer-Encoding`", "te-trailing-tab"),
-    ("httptools", r"Content-Length overflow", "overflow-64bit"),
     # llhttp takes runs of spaces in the request line, and RTSP/ICE versions, for HTTP
     ("h11", r"illegal request line: bytearray\(b'[^']*(  |RTSP/|ICE/)", "double-space"),
 ]
@@ -564,6 +549,12 @@ def test_codecs_agree(data: bytes, cuts: list[int]) -> None:
     if (a.pending or b.pending) and a.forwarded == b.forwarded:
         return
     if a.pending and b.error is not None and a.forwarded == b.forwarded[: len(a.forwarded)]:
+        return
+    # Both refused a body with the same status after the same heads: llhttp passes on the
+    # chunk data it read before the bad byte, the h11 adapter checks the chunk framing
+    # before h11 reads the data. The backend gets no whole request either way (Guard
+    # closes the upstream connection on the error).
+    if a.error is not None and a.error == b.error and _heads(a) == _heads(b):
         return
     if known_difference(data, a, b) is not None:
         return

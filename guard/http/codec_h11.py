@@ -8,7 +8,10 @@ h11 is more lenient than llhttp about heads (bare LF line ends, obsolete line fo
 control characters in values, blank lines before the start line). So that both codecs
 accept and reject the same bytes, this adapter collects each head itself, checks it with
 codec.head_bytes_error and bounds it by ``max_header_bytes`` exactly, and only then hands
-it to h11.
+it to h11. It also refuses the methods llhttp does not know (``LLHTTP_METHODS``), a
+Transfer-Encoding ending in a tab, and chunked bodies that break llhttp's framing rules
+(``chunk_rules``), so that both codecs reach one verdict on every corpus case but the few
+where llhttp is the lenient one.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from __future__ import annotations
 import h11
 
 from guard.errors import BadRequest, GuardError, HeaderTooLarge, UpstreamProtocolError
+from guard.http.chunk_rules import ChunkedBodyChecker
 from guard.http.codec import (
+    LLHTTP_METHODS,
     RequestEvents,
     RequestHead,
     ResponseEvents,
@@ -78,6 +83,14 @@ class _HeadCollector:
             low.find(b"\ncontent-length:", i + 1) >= 0 or b"," in low[i : low.find(b"\r", i)]
         ):
             raise self._bad("duplicate content-length")
+        # llhttp takes trailing spaces after "chunked" but not a trailing tab; h11 strips
+        # both before Guard sees the value, so the raw line is looked at here.
+        i = low.find(b"\ntransfer-encoding:")
+        while i >= 0:
+            value = low[i + 19 : low.find(b"\r", i)]
+            if value.rstrip(b" ").endswith(b"\t"):
+                raise self._bad("transfer-encoding other than chunked")
+            i = low.find(b"\ntransfer-encoding:", i + 1)
         out = bytes(buf)
         self._buf = bytearray()
         self._checked = 0
@@ -86,6 +99,8 @@ class _HeadCollector:
 
 class H11RequestParser:
     __slots__ = (
+        "_body",
+        "_chunks",
         "_collector",
         "_conn",
         "_events",
@@ -105,6 +120,9 @@ class H11RequestParser:
         self._in_head = True
         self._upgrade = False
         self.upgraded_tail: bytes | None = None
+        # A chunked body is checked by llhttp's rules before h11 reads it (chunk_rules).
+        self._chunks: ChunkedBodyChecker | None = None
+        self._body = b""  # the bytes after the head in the feed that completed it
 
     def _new_conn(self) -> h11.Connection:
         return h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_header_bytes)
@@ -120,6 +138,9 @@ class H11RequestParser:
                     return
                 self._in_head = False
                 data = complete
+                self._body = complete[complete.find(b"\r\n\r\n") + 4 :]
+            elif self._chunks is not None and not self._chunks.done:
+                self._chunks.feed(data)
             self._conn.receive_data(data)
             leftover = self._drain()
             if leftover is None:
@@ -145,6 +166,8 @@ class H11RequestParser:
                 self.upgraded_tail = bytes(conn.trailing_data[0])
                 return None
             if isinstance(event, h11.Request):
+                if event.method not in LLHTTP_METHODS:
+                    raise BadRequest("invalid method")
                 headers = list(event.headers)
                 if len(headers) > self._max_headers:
                     raise HeaderTooLarge("too many headers")
@@ -152,6 +175,12 @@ class H11RequestParser:
                 apply_request_framing(head)
                 self._upgrade = head.upgrade is not None or head.method == b"CONNECT"
                 events.on_request_head(head)
+                if head.chunked:
+                    # The body is checked after the head event (as llhttp reports it) and
+                    # before h11 turns any of it into body events.
+                    self._chunks = ChunkedBodyChecker()
+                    self._chunks.feed(self._body)
+                self._body = b""
             elif isinstance(event, h11.Data):
                 events.on_request_body(bytes(event.data))
             elif isinstance(event, h11.EndOfMessage):
@@ -163,6 +192,7 @@ class H11RequestParser:
                     return None
                 # (h11 also pauses on an Upgrade header without Connection: upgrade,
                 # which asks for nothing: parsing goes on, as with llhttp.)
+                self._chunks = None
                 self._conn = self._new_conn()
                 self._in_head = True
                 events.on_request_complete()
@@ -176,6 +206,7 @@ class H11RequestParser:
         self._collector = _HeadCollector(self._max_header_bytes, BadRequest, HeaderTooLarge)
         self._in_head = True
         self._upgrade = False
+        self._chunks = None
         return tail
 
 
