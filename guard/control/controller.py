@@ -281,12 +281,13 @@ class ServiceController:
         self._spawn(self._dispose(inst, reason))
 
     # -------------------------------------------------------------- retiring
-    def retire(self, inst: Instance, reason: str) -> None:
+    def retire(self, inst: Instance, reason: str, timeout: float | None = None) -> None:
+        """Drain ``inst`` (up to ``timeout``, default ``stop_timeout``), then stop it."""
         if inst.phase not in (Phase.STARTING, Phase.READY):
             return
-        self._spawn(self._retire(inst, reason))
+        self._spawn(self._retire(inst, reason, timeout))
 
-    async def _retire(self, inst: Instance, reason: str) -> None:
+    async def _retire(self, inst: Instance, reason: str, timeout: float | None = None) -> None:
         was_ready = inst.phase is Phase.READY
         inst.phase = Phase.DRAINING
         inst.stop_reason = reason
@@ -299,7 +300,7 @@ class ServiceController:
             return
         seq = self.host.publish(self.name)
         self.host.event("drain", inst, reason=reason)
-        deadline = self.loop.time() + self.spec.stop_timeout
+        deadline = self.loop.time() + (self.spec.stop_timeout if timeout is None else timeout)
         while (
             inst.phase is Phase.DRAINING
             and not self.host.drained(self.name, inst.id, seq)

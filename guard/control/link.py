@@ -20,6 +20,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from guard.control.messages import (
+    ContainerRoute,
+    ContainerUpdate,
     DataPlaneSink,
     Endpoint,
     LoadReport,
@@ -116,6 +118,31 @@ def decode_failure(doc: dict[str, Any]) -> WakeFailure:
     )
 
 
+def encode_containers(update: ContainerUpdate) -> bytes:
+    return _line(
+        {
+            "t": "containers",
+            "reset": update.reset,
+            "upsert": [
+                [c.id, c.service, list(c.http_ports), c.wake_timeout, c.queue, c.accepting]
+                for c in update.upsert
+            ],
+            "remove": list(update.remove),
+        }
+    )
+
+
+def decode_containers(doc: dict[str, Any]) -> ContainerUpdate:
+    return ContainerUpdate(
+        reset=bool(doc["reset"]),
+        upsert=tuple(
+            ContainerRoute(str(i), str(s), tuple(str(p) for p in ports), float(w), int(q), bool(a))
+            for i, s, ports, w, q, a in doc["upsert"]
+        ),
+        remove=tuple(str(i) for i in doc["remove"]),
+    )
+
+
 # ----------------------------------------------------------------- control-plane side
 
 
@@ -133,6 +160,9 @@ class _WorkerSink:
 
     def apply_health(self, update: ServiceHealth) -> None:
         self._send(_line({"t": "health", "service": update.service, "down": update.down}))
+
+    def apply_containers(self, update: ContainerUpdate) -> None:
+        self._send(encode_containers(update))
 
     def _send(self, data: bytes) -> None:
         if not self.writer.is_closing():
@@ -240,6 +270,8 @@ class RemoteLink:
                 elif kind == "health":
                     down = tuple(str(n) for n in doc["down"])
                     self.sink.apply_health(ServiceHealth(str(doc["service"]), down))
+                elif kind == "containers":
+                    self.sink.apply_containers(decode_containers(doc))
         except (ValueError, KeyError, TypeError, OSError) as e:
             log.error("control link to the supervisor broke: %s", e)
             return

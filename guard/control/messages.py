@@ -69,6 +69,33 @@ class LoadReport:
     held_keys: tuple[str, ...] = ()  # per-key services: keys with held work
 
 
+@dataclass(frozen=True, slots=True)
+class ContainerRoute:
+    """How the data plane reaches one container made through the admin API.
+
+    ``service`` is the container's own per-key service (keyed by ``id``); ``http_ports``
+    are the names its http ports answer to in ``{id}-{port}.{containers.domain}``.
+    ``accepting`` is False while the container is being deleted: new requests get
+    ``container_not_found``, in-flight ones finish on its instance."""
+
+    id: str
+    service: str
+    http_ports: tuple[str, ...]
+    wake_timeout: float
+    queue: int
+    accepting: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerUpdate:
+    """Changes to the API containers the data plane routes to. ``reset``: forget every
+    container first (the first of the messages a newly attached worker gets)."""
+
+    reset: bool
+    upsert: tuple[ContainerRoute, ...] = ()
+    remove: tuple[str, ...] = ()  # container ids
+
+
 class ControlLink(Protocol):
     """The data plane's handle on the control plane."""
 
@@ -87,3 +114,5 @@ class DataPlaneSink(Protocol):
     def wake_failed(self, failure: WakeFailure) -> None: ...
 
     def apply_health(self, update: ServiceHealth) -> None: ...
+
+    def apply_containers(self, update: ContainerUpdate) -> None: ...

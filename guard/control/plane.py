@@ -21,9 +21,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from guard.config.model import GuardConfig, RoutesConfig, ServiceConfig
+from guard.control.containers import ContainerManager
 from guard.control.controller import Load, ServiceController
 from guard.control.health import HealthChecker
 from guard.control.messages import (
+    ContainerUpdate,
     ControlLink,
     DataPlaneSink,
     Endpoint,
@@ -102,6 +104,7 @@ class ControlPlane:
         self.on_stopped: list[InstanceHook] = []
         self.stats = ControlStats()
         self.meter: UsageMeter | None = None  # set by whoever runs the usage ledger
+        self.containers = ContainerManager(self)  # POST /v1/containers
 
     # ------------------------------------------------------------------ setup
     async def start(self) -> None:
@@ -111,6 +114,9 @@ class ControlPlane:
     def attach(self, worker: int, sink: DataPlaneSink) -> ControlLink:
         """Register a data-plane worker; it gets the current endpoints at once."""
         self._sinks[worker] = sink
+        if self.state.containers():  # first: the endpoints below name their services
+            for update in self.containers.attach_updates():
+                sink.apply_containers(update)
         for name in self.controllers:
             sink.apply_endpoints(self._endpoints(name))
         for name, checker in self.health.items():
@@ -152,8 +158,12 @@ class ControlPlane:
     async def _apply(self, routes: RoutesConfig) -> None:
         self.routes = routes
         wanted = {n: s for n, s in routes.services.items() if s.container is not None}
+        for name in [n for n in wanted if self.containers.owns(n)]:
+            # An API container's service: its name is taken, the route file's loses.
+            log.warning("service %s: the name belongs to an API container; ignored", name)
+            del wanted[name]
         for name, ctl in list(self.controllers.items()):
-            if name not in wanted:
+            if name not in wanted and not self.containers.owns(name):
                 del self.controllers[name]
                 self.loop.create_task(ctl.close())
         for name, cfg in wanted.items():
@@ -234,8 +244,20 @@ class ControlPlane:
         return ServiceEndpoints(service, self._seq[service], ready)
 
     def fail(self, failure: WakeFailure) -> None:
+        self.containers.on_failure(failure)
         for sink in list(self._sinks.values()):
             sink.wake_failed(failure)
+
+    def send_containers(self, update: ContainerUpdate) -> None:
+        for sink in list(self._sinks.values()):
+            sink.apply_containers(update)
+
+    def forget(self, service: str) -> None:
+        """A service is gone for good (a deleted API container): drop its bookkeeping."""
+        for key in [k for k in self._reports if k[1] == service]:
+            del self._reports[key]
+        self._served.pop(service, None)
+        self._seq.pop(service, None)
 
     def drained(self, service: str, instance: str, seq: int) -> bool:
         for worker in self._sinks:
@@ -290,8 +312,9 @@ class ControlPlane:
 
     def tick(self) -> None:
         now = self.loop.time()
-        for name, ctl in self.controllers.items():
+        for name, ctl in list(self.controllers.items()):
             ctl.tick(now, self.load(name))
+        self.containers.tick(now)
 
     def peek_load(self, service: str) -> Load:
         """``load`` without consuming the activity seen since the last tick (metrics)."""
@@ -325,6 +348,7 @@ class ControlPlane:
             self._tick_task.cancel()
         for checker in self.health.values():
             checker.stop()
+        await self.containers.close()
         await asyncio.gather(*(c.close() for c in self.controllers.values()))
         for unhook in self._unhook:
             unhook()

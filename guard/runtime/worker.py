@@ -23,7 +23,13 @@ from guard.config import load_config, load_routes
 from guard.config.model import GuardConfig, ListenerConfig, RouteConfig, RoutesConfig
 from guard.control.link import ENV as CONTROL_SOCKET_ENV
 from guard.control.link import RemoteLink
-from guard.control.messages import ControlLink, ServiceEndpoints, ServiceHealth, WakeFailure
+from guard.control.messages import (
+    ContainerUpdate,
+    ControlLink,
+    ServiceEndpoints,
+    ServiceHealth,
+    WakeFailure,
+)
 from guard.control.metering import TrafficReport
 from guard.control.plane import REPORT_INTERVAL, ControlPlane
 from guard.errors import ConfigErrors
@@ -49,6 +55,7 @@ from guard.routing import HttpRouteTable, build_http_tables
 from guard.runtime.control_host import ControlHost, needs_control_host, needs_control_plane
 from guard.runtime.traffic import TrafficTally
 from guard.runtime.watch import RouteWatcher, signature
+from guard.upstream.api_containers import ApiContainers
 from guard.upstream.container_service import ContainerService
 from guard.upstream.pool import UpstreamSettings
 from guard.upstream.resolver import Resolver
@@ -115,6 +122,7 @@ class Worker:
         self._tally: TrafficTally | None = None
         self._tally_timer: asyncio.TimerHandle | None = None
         self.metrics = WorkerMetrics(self)
+        self.api_containers = ApiContainers(self, config.containers)  # POST /v1/containers
 
     # ------------------------------------------------------------------ building
     def _build(
@@ -151,6 +159,7 @@ class Worker:
                 health = self._health.get(name)
                 if health is not None:
                     svc.set_down(health.down)  # rebuilt on reload: keep the last verdict
+        services.update(self.api_containers.services)  # not from route files: kept as they are
         http_listeners = {
             n for n, lc in self.config.listeners.items() if lc.protocol in HTTP_PROTOCOLS
         }
@@ -159,6 +168,7 @@ class Worker:
         )
         for name in http_listeners:
             tables.setdefault(name, HttpRouteTable(name, []))
+        self.api_containers.wrap(tables)
         return services, tables
 
     def _build_l4(
@@ -211,6 +221,14 @@ class Worker:
         svc = self.services.get(update.service)
         if isinstance(svc, Service):
             svc.set_down(update.down)
+
+    def apply_containers(self, update: ContainerUpdate) -> None:
+        added, removed = self.api_containers.apply(update)
+        self.services.update(added)
+        for svc in removed:
+            if self.services.get(svc.name) is svc:
+                del self.services[svc.name]
+            svc.close()
 
     def wake_failed(self, failure: WakeFailure) -> None:
         svc = self.services.get(failure.service)

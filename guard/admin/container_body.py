@@ -1,0 +1,200 @@
+"""The body of ``POST /v1/containers``, checked field by field.
+
+Every problem is reported at once, each as ``path: message`` (``ports.http.protocol: must
+be one of http, tcp, udp``), as the route loader does for files. Unknown fields are errors
+at every level: a misspelt ``sleep_afer`` must not silently mean "never sleeps".
+
+Pure: JSON in, a ``ContainerRequest`` or ``BodyErrors`` out.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from guard.config import units
+from guard.config.model import ContainerSpec, DriversConfig, Resources
+from guard.control.containers import Lifecycle, PortSpec
+
+PROTOCOLS = ("http", "tcp", "udp")
+FIELDS = ("image", "command", "env", "resources", "ports", "tags", "service", "lifecycle")
+# A port name is part of a DNS label ({id}-{port}.domain): lowercase, digits, '-'.
+PORT_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,28}[a-z0-9])?")
+TAG_KEY = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.:/-]{0,62}[A-Za-z0-9])?")
+SERVICE_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,62}[A-Za-z0-9])?")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MAX_TAGS = 32
+MAX_TAG_VALUE = 256
+MAX_ENV = 256
+MAX_PORTS = 16
+STOP_TIMEOUT = 10.0
+
+
+class BodyErrors(Exception):
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("; ".join(errors))
+        self.errors = errors
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerRequest:
+    spec: ContainerSpec
+    ports: tuple[PortSpec, ...]
+    tags: tuple[tuple[str, str], ...]
+    group: str | None
+    lifecycle: Lifecycle
+
+
+def _object(errors: list[str], path: str, v: Any, allowed: tuple[str, ...] | None) -> dict:
+    if not isinstance(v, dict):
+        errors.append(f"{path}: must be an object")
+        return {}
+    if allowed is not None:
+        for k in v:
+            if k not in allowed:
+                errors.append(f"{_join(path, k)}: unknown field (allowed: {', '.join(allowed)})")
+    return v
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def parse_body(body: bytes, drivers: DriversConfig) -> ContainerRequest:
+    """The request, or ``BodyErrors`` with every problem found."""
+    try:
+        doc = json.loads(body) if body.strip() else None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BodyErrors([f"the body is not JSON: {e}"]) from None
+    errors: list[str] = []
+    if doc is None:
+        raise BodyErrors(["the body must be a JSON object with image or command"])
+    doc = _object(errors, "", doc, FIELDS) if isinstance(doc, dict) else None
+    if doc is None:
+        raise BodyErrors(["the body must be a JSON object"])
+
+    image = doc.get("image")
+    if image is not None and (not isinstance(image, str) or not image.strip()):
+        errors.append("image: must be a non-empty string")
+        image = None
+    command: tuple[str, ...] = ()
+    if "command" in doc:
+        raw = doc["command"]
+        if not isinstance(raw, list) or not raw or not all(isinstance(a, str) for a in raw):
+            errors.append("command: must be a non-empty list of strings")
+        else:
+            command = tuple(raw)
+    if "image" not in doc and "command" not in doc:
+        errors.append("image: one of image (a docker image) or command (a process) is required")
+    driver = "docker" if image is not None else "process"
+    if image is not None and drivers.docker is None:
+        errors.append("image: this Guard has no docker driver (drivers.docker in guard.yaml)")
+    elif image is None and command and drivers.process is None:
+        errors.append("command: this Guard has no process driver (drivers.process in guard.yaml)")
+
+    env: list[tuple[str, str]] = []
+    if "env" in doc:
+        raw_env = _object(errors, "env", doc["env"], None)
+        if len(raw_env) > MAX_ENV:
+            errors.append(f"env: at most {MAX_ENV} variables")
+        for k, v in raw_env.items():
+            if not ENV_NAME.fullmatch(k):
+                errors.append(f"env.{k}: must be an environment variable name")
+            elif not isinstance(v, str):
+                errors.append(f"env.{k}: must be a string")
+            elif "\0" in v:
+                errors.append(f"env.{k}: must not contain NUL")
+            else:
+                env.append((k, v))
+
+    resources = Resources()
+    if "resources" in doc:
+        raw_res = _object(errors, "resources", doc["resources"], ("cpu", "memory"))
+        cpu = memory = None
+        if "cpu" in raw_res:
+            try:
+                cpu = units.parse_cpu(raw_res["cpu"])
+            except ValueError as e:
+                errors.append(f"resources.cpu: {e}")
+        if "memory" in raw_res:
+            try:
+                memory = units.parse_size(raw_res["memory"])
+                if memory < 4 * 1024 * 1024:
+                    errors.append("resources.memory: must be at least 4MiB")
+            except ValueError as e:
+                errors.append(f"resources.memory: {e}")
+        resources = Resources(cpu=cpu, memory=memory)
+
+    ports: list[PortSpec] = []
+    if "ports" in doc:
+        raw_ports = _object(errors, "ports", doc["ports"], None)
+        if len(raw_ports) > MAX_PORTS:
+            errors.append(f"ports: at most {MAX_PORTS} ports")
+        for name, raw_port in raw_ports.items():
+            path = f"ports.{name}"
+            if not PORT_NAME.fullmatch(name):
+                errors.append(f"{path}: a port name is 1-30 lowercase letters, digits or '-'")
+                continue
+            p = _object(errors, path, raw_port, ("protocol", "internal_port"))
+            protocol = p.get("protocol", "http")
+            if protocol not in PROTOCOLS:
+                errors.append(f"{path}.protocol: must be one of {', '.join(PROTOCOLS)}")
+                continue
+            internal = p.get("internal_port")
+            if internal is None:
+                errors.append(f"{path}.internal_port: required (the port the app listens on)")
+                continue
+            try:
+                port = units.parse_port(internal)
+            except ValueError as e:
+                errors.append(f"{path}.internal_port: {e}")
+                continue
+            ports.append(PortSpec(name, protocol, port))
+
+    tags: list[tuple[str, str]] = []
+    if "tags" in doc:
+        raw_tags = _object(errors, "tags", doc["tags"], None)
+        if len(raw_tags) > MAX_TAGS:
+            errors.append(f"tags: at most {MAX_TAGS} tags")
+        for k, v in raw_tags.items():
+            if not TAG_KEY.fullmatch(k):
+                errors.append(f"tags.{k}: a tag name is letters, digits and _ . : / -")
+            elif not isinstance(v, str) or len(v) > MAX_TAG_VALUE:
+                errors.append(f"tags.{k}: must be a string of at most {MAX_TAG_VALUE} characters")
+            else:
+                tags.append((k, v))
+
+    group = doc.get("service")
+    if group is not None and (not isinstance(group, str) or not SERVICE_NAME.fullmatch(group)):
+        errors.append("service: must be a name of letters, digits and _ . -")
+        group = None
+
+    lifecycle = Lifecycle()
+    if "lifecycle" in doc:
+        raw_life = _object(errors, "lifecycle", doc["lifecycle"], ("sleep_after", "destroy_after"))
+        values: dict[str, float | None] = {}
+        for key in ("sleep_after", "destroy_after"):
+            if key in raw_life:
+                try:
+                    values[key] = units.parse_duration(raw_life[key])
+                    if values[key] == 0:
+                        errors.append(f"lifecycle.{key}: must be more than 0s")
+                except ValueError as e:
+                    errors.append(f"lifecycle.{key}: {e}")
+        lifecycle = Lifecycle(values.get("sleep_after"), values.get("destroy_after"))
+
+    if errors:
+        raise BodyErrors(errors)
+    http_ports = [p for p in ports if p.protocol == "http"]
+    spec = ContainerSpec(
+        driver=driver,
+        image=image,
+        command=command,
+        env=tuple(env),
+        port=http_ports[0].internal_port if http_ports else None,
+        resources=resources,
+        stop_timeout=STOP_TIMEOUT,
+    )
+    return ContainerRequest(spec, tuple(ports), tuple(sorted(tags)), group, lifecycle)

@@ -1,0 +1,282 @@
+"""Containers made through the admin API (``POST /v1/containers``), on the control plane.
+
+A container is a record (what was asked for: image or command, resources, ports, tags,
+lifecycle, owning tenant) kept behind ``ControlState``, plus its own per-key container
+service ``ctr-<id>`` whose one key is the id. That service is an ordinary
+``ServiceController``: single-flight starts, the ready probe, ``sleep_after`` idling,
+draining before a stop, backoff after failed starts, usage metering. So a container is
+woken by a request to its address exactly as a per-key instance is, and "stopped" is
+"asleep": the next request (or ``POST .../start``) starts it again.
+
+The data plane learns which containers exist from ``ContainerUpdate`` messages (sent to
+every attached worker, in chunks on attach) and routes ``{id}-{port}.{containers.domain}``
+to the container's service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import secrets
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+from guard.config.model import ContainerSpec, ScaleConfig, ServiceConfig
+from guard.control.controller import ServiceController
+from guard.control.messages import ContainerRoute, ContainerUpdate, WakeFailure
+from guard.control.state import Instance, Phase
+
+if TYPE_CHECKING:
+    from guard.control.plane import ControlPlane
+
+log = logging.getLogger("guard.control")
+
+SERVICE_PREFIX = "ctr-"
+ID_BYTES = 8  # 16 hex characters: unguessable enough to be an address, short for a label
+WAKE_TIMEOUT = 60.0  # a held request, or ?wait_ready, waits this long for a first start
+QUEUE = 1000
+CHUNK = 500  # container routes per message to a newly attached worker (the link's line bound)
+_POLL = 0.01
+
+
+@dataclass(frozen=True, slots=True)
+class PortSpec:
+    name: str
+    protocol: str  # http | tcp | udp
+    internal_port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Lifecycle:
+    sleep_after: float | None = None  # None: runs until stopped
+    destroy_after: float | None = None  # None: kept until deleted
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerRecord:
+    id: str
+    tenant: str  # "*" for the operator's token or an open API
+    spec: ContainerSpec
+    ports: tuple[PortSpec, ...] = ()
+    tags: tuple[tuple[str, str], ...] = ()
+    group: str | None = None  # ``service`` in the API: a label to list containers by
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)
+    created_at: float = 0.0  # unix time
+    deleting: bool = False
+
+    @property
+    def service(self) -> str:
+        return service_name(self.id)
+
+    @property
+    def http_ports(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.ports if p.protocol == "http")
+
+
+def service_name(container_id: str) -> str:
+    return f"{SERVICE_PREFIX}{container_id}"
+
+
+def new_id() -> str:
+    return secrets.token_hex(ID_BYTES)
+
+
+def service_config(record: ContainerRecord) -> ServiceConfig:
+    """The per-key service that runs ``record``: one key (its id), at most one instance
+    taking work (a second only while the first drains, e.g. across a stop and a wake)."""
+    sleep = record.lifecycle.sleep_after
+    return ServiceConfig(
+        name=record.service,
+        container=record.spec,
+        scale=ScaleConfig(
+            min=0,
+            max=2,
+            sleep_after=math.inf if sleep is None else sleep,
+            wake_timeout=WAKE_TIMEOUT,
+            queue=QUEUE,
+        ),
+        per_key=True,
+    )
+
+
+def container_route(record: ContainerRecord) -> ContainerRoute:
+    return ContainerRoute(
+        id=record.id,
+        service=record.service,
+        http_ports=record.http_ports,
+        wake_timeout=WAKE_TIMEOUT,
+        queue=QUEUE,
+        accepting=not record.deleting,
+    )
+
+
+def state_of(instances: list[Instance]) -> str:
+    """One word for a container: running | starting | stopping | stopped."""
+    phases = {i.phase for i in instances}
+    if Phase.READY in phases:
+        return "running"
+    if Phase.STARTING in phases:
+        return "starting"
+    if phases & {Phase.DRAINING, Phase.STOPPING}:
+        return "stopping"
+    return "stopped"
+
+
+class StartFailed(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ContainerManager:
+    """Creates, starts, stops and deletes API containers through the control plane."""
+
+    def __init__(self, plane: ControlPlane) -> None:
+        self.plane = plane
+        self.state = plane.state
+        self._failures: dict[str, WakeFailure] = {}  # container id -> last failed start
+        self._asleep_since: dict[str, float] = {}  # loop time its last instance went
+        self._deletes: dict[str, asyncio.Task[None]] = {}
+
+    # ------------------------------------------------------------------ queries
+    def get(self, container_id: str) -> ContainerRecord | None:
+        return self.state.get_container(container_id)
+
+    def records(self) -> list[ContainerRecord]:
+        return self.state.containers()
+
+    def instances(self, record: ContainerRecord) -> list[Instance]:
+        return self.state.of_service(record.service)
+
+    def owns(self, service: str) -> bool:
+        return service.startswith(SERVICE_PREFIX) and (
+            self.state.get_container(service[len(SERVICE_PREFIX) :]) is not None
+        )
+
+    def last_failure(self, container_id: str) -> WakeFailure | None:
+        return self._failures.get(container_id)
+
+    def tenant_of(self, service: str) -> str | None:
+        if not service.startswith(SERVICE_PREFIX):
+            return None
+        record = self.state.get_container(service[len(SERVICE_PREFIX) :])
+        return record.tenant if record is not None else None
+
+    # ------------------------------------------------------------------ changes
+    async def create(self, record: ContainerRecord) -> None:
+        """Record it, give it a controller, tell the workers, and start it."""
+        plane = self.plane
+        driver = await plane._driver(record.spec.driver)  # DriverError: the caller says 503
+        self.state.put_container(record)
+        ctl = ServiceController(service_config(record), driver, self.state, plane, loop=plane.loop)
+        plane.controllers[record.service] = ctl
+        self._broadcast(ContainerUpdate(False, (container_route(record),)))
+        plane.publish(record.service)
+        plane.event("container_created", None, service=record.service, tenant=record.tenant)
+        self.start(record)
+
+    def start(self, record: ContainerRecord) -> None:
+        self._failures.pop(record.id, None)
+        ctl = self.plane.controllers.get(record.service)
+        if ctl is not None:
+            ctl.wake(record.id, 1)
+
+    async def wait_ready(self, record: ContainerRecord, timeout: float) -> None:
+        """Until its instance is ready; ``StartFailed`` on a failed start or the timeout."""
+        deadline = self.plane.loop.time() + timeout
+        while True:
+            owner = self.state.owner(record.service, record.id)
+            if owner is not None and owner.phase is Phase.READY:
+                return
+            failure = self._failures.get(record.id)
+            if failure is not None:
+                raise StartFailed(failure.code, failure.message)
+            if self.state.get_container(record.id) is None:
+                raise StartFailed("container_not_found", "the container was deleted")
+            if self.plane.loop.time() >= deadline:
+                raise StartFailed("wake_timeout", f"not ready within {timeout:g}s")
+            await asyncio.sleep(_POLL)
+
+    async def stop(self, record: ContainerRecord, timeout: float | None) -> None:
+        """Drain and stop its instance (asleep: the next request wakes it)."""
+        ctl = self.plane.controllers.get(record.service)
+        if ctl is None:
+            return
+        retired = ctl.instances(Phase.STARTING, Phase.READY)
+        for inst in retired:
+            ctl.retire(inst, "stopped", timeout)
+        # Drain (timeout) plus the driver's stop (stop_timeout, then SIGKILL) and a margin.
+        grace = (timeout if timeout is not None else record.spec.stop_timeout) * 2 + 5.0
+        deadline = self.plane.loop.time() + grace
+        while (
+            any(i.phase is not Phase.STOPPED for i in retired) and self.plane.loop.time() < deadline
+        ):
+            await asyncio.sleep(_POLL)
+
+    async def delete(self, record: ContainerRecord, timeout: float | None) -> None:
+        """Refuse new requests, drain in-flight ones (up to ``timeout``), stop, forget."""
+        task = self._deletes.get(record.id)
+        if task is None:
+            task = self.plane.loop.create_task(self._delete(record, timeout))
+            self._deletes[record.id] = task
+            task.add_done_callback(lambda _: self._deletes.pop(record.id, None))
+        await asyncio.shield(task)
+
+    async def _delete(self, record: ContainerRecord, timeout: float | None) -> None:
+        plane = self.plane
+        record = replace(record, deleting=True)
+        self.state.put_container(record)
+        # Still routed (workers keep reporting its in-flight work, so the drain can end),
+        # but new requests get container_not_found.
+        self._broadcast(ContainerUpdate(False, (container_route(record),)))
+        ctl = plane.controllers.get(record.service)
+        if ctl is not None:
+            for inst in ctl.instances(Phase.STARTING, Phase.READY):
+                ctl.retire(inst, "deleted", timeout)
+            await ctl.close()
+            if plane.controllers.get(record.service) is ctl:
+                del plane.controllers[record.service]
+        self.state.remove_container(record.id)
+        self._failures.pop(record.id, None)
+        self._asleep_since.pop(record.id, None)
+        self._broadcast(ContainerUpdate(False, (), (record.id,)))
+        plane.forget(record.service)
+        plane.event("container_deleted", None, service=record.service, tenant=record.tenant)
+
+    # ------------------------------------------------------------ from the plane
+    def on_failure(self, failure: WakeFailure) -> None:
+        if failure.key is not None and failure.service == service_name(failure.key):
+            self._failures[failure.key] = failure
+
+    def tick(self, now: float) -> None:
+        """``lifecycle.destroy_after``: delete what has been asleep that long."""
+        for record in self.state.containers():
+            after = record.lifecycle.destroy_after
+            if after is None or record.deleting or record.id in self._deletes:
+                continue
+            if any(i.phase is not Phase.STOPPED for i in self.instances(record)):
+                self._asleep_since.pop(record.id, None)
+                continue
+            since = self._asleep_since.setdefault(record.id, now)
+            if now - since >= after:
+                log.info("container %s asleep for %.1fs: destroying it", record.id, now - since)
+                self._deletes[record.id] = task = self.plane.loop.create_task(
+                    self._delete(record, None)
+                )
+                task.add_done_callback(lambda _, cid=record.id: self._deletes.pop(cid, None))
+
+    def attach_updates(self) -> list[ContainerUpdate]:
+        """Everything a newly attached worker must know, in bounded messages."""
+        routes = [container_route(r) for r in self.state.containers()]
+        updates = [ContainerUpdate(True, tuple(routes[:CHUNK]))]
+        for i in range(CHUNK, len(routes), CHUNK):
+            updates.append(ContainerUpdate(False, tuple(routes[i : i + CHUNK])))
+        return updates
+
+    def _broadcast(self, update: ContainerUpdate) -> None:
+        self.plane.send_containers(update)
+
+    async def close(self) -> None:
+        if self._deletes:
+            await asyncio.gather(*self._deletes.values(), return_exceptions=True)

@@ -1,0 +1,338 @@
+"""Containers as admin-API objects (issue 6): create, address, wake, stop, delete, tenants,
+quotas, validation, on the process driver, through a real Guard and real HTTP clients.
+
+Every container is ``guard.demo http`` (it answers with the port it serves on); requests
+reach it on the containers listener by Host ``{id}-{port}.containers.test`` or by the
+``x-guard-container`` header. The docker driver's turn is in
+tests/test_containers_api_docker.py.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import GuardProc, run_guard
+from tests.helpers import REPO, Resp, assert_guard_error, fetch, free_port, wait_for
+from tests.test_admin_api import STAR, TOKEN_A, TOKEN_B, call, token_env
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process driver")
+
+DEMO = [sys.executable, "-m", "guard.demo", "http"]
+DOMAIN = "containers.test"
+
+
+def demo(**more: Any) -> dict[str, Any]:
+    return {
+        "command": DEMO,
+        "env": {"PYTHONPATH": str(REPO)},
+        "ports": {"http": {"protocol": "http", "internal_port": 8080}},
+        **more,
+    }
+
+
+def host_of(container_id: str, port: str = "http") -> str:
+    return f"{container_id}-{port}.{DOMAIN}"
+
+
+class Api:
+    def __init__(self, g: GuardProc, admin: int) -> None:
+        self.g = g
+        self.admin = admin
+
+    def __call__(self, method: str, path: str, token: str | None = STAR, body: Any = None) -> Resp:
+        return call(self.admin, method, path, token, body)
+
+    def create(self, token: str = STAR, query: str = "", **body: Any) -> dict[str, Any]:
+        r = self("POST", f"/v1/containers{query}", token, demo(**body))
+        assert r.status == 201, (r.status, r.body)
+        return r.json()
+
+    def get(self, container_id: str, token: str = STAR) -> Resp:
+        return self("GET", f"/v1/containers/{container_id}", token)
+
+    def through(self, container_id: str, path: str = "/", **kw: Any) -> Resp:
+        return fetch(self.g.port, "GET", path, host=host_of(container_id), timeout=30, **kw)
+
+
+__all__ = ["token_env"]  # the fixture, shared with the admin API's tests
+
+
+def start_api(directory: Path, *, workers: int = 1, extra: dict[str, Any] | None = None):
+    admin = free_port()
+    cfg: dict[str, Any] = {
+        "workers": workers,
+        "containers": {"domain": DOMAIN, "listener": "web"},
+        "drivers": {"process": {}},
+        "admin": {
+            "address": f"127.0.0.1:{admin}",
+            "tokens": [
+                {"token_env": "GUARD_T_STAR", "tenant": "*"},
+                {"token_env": "GUARD_T_A", "tenant": "a"},
+                {"token_env": "GUARD_T_B", "tenant": "b"},
+            ],
+        },
+        **(extra or {}),
+    }
+    routes = [{"name": "base", "match": {"host": "base.test"}, "service": "base"}]
+    services = {"base": {"servers": [f"127.0.0.1:{free_port()}"]}}
+    return admin, run_guard(directory, "httptools", routes, services, extra=cfg)
+
+
+@pytest.fixture
+def api(tmp_path: Path, token_env: None) -> Iterator[Api]:
+    admin, ctx = start_api(tmp_path, extra={"tenants": {"a": {"max_containers": 2}}})
+    with ctx as g:
+        yield Api(g, admin)
+
+
+def audit_lines(g: GuardProc) -> list[str]:
+    return [line for line in g.stderr.splitlines() if "audit tenant=" in line]
+
+
+# ------------------------------------------------------------------------------ lifecycle
+
+
+def lifecycle(api: Api) -> None:
+    """create -> request (held while it starts) -> stop -> request wakes it -> delete -> 404"""
+    made = api.create()
+    cid = made["id"]
+    assert made["state"] in ("starting", "running")
+    port = api.g.port
+    assert made["ports"]["http"]["address"] == f"http://{cid}-http.{DOMAIN}:{port}"
+    r = api.through(cid)  # held until the instance is ready
+    assert r.status == 200, (r.status, r.body)
+    first_port = r.header("x-demo-port")
+    assert first_port
+    view = api.get(cid).json()
+    assert view["state"] == "running" and view["instance"]["state"] == "ready"
+
+    r = api("POST", f"/v1/containers/{cid}/stop")
+    assert r.status == 200, r.body
+    assert r.json()["state"] == "stopped"
+    assert api.get(cid).json()["state"] == "stopped"
+
+    r = api.through(cid)  # wakes it again
+    assert r.status == 200
+    assert api.get(cid).json()["state"] == "running"
+
+    r = api("DELETE", f"/v1/containers/{cid}")
+    assert r.status == 200 and r.json() == {"id": cid, "state": "deleted"}
+    assert_guard_error(api.get(cid), 404, "container_not_found")
+    assert_guard_error(api.through(cid), 404, "container_not_found")
+
+
+def test_full_lifecycle(api: Api) -> None:
+    lifecycle(api)
+    lines = audit_lines(api.g)
+    assert any("action=POST target=/v1/containers result=201" in x for x in lines), lines
+    assert any("action=DELETE" in x and "result=200" in x for x in lines), lines
+
+
+def test_workers_two(tmp_path: Path, token_env: None) -> None:
+    admin, ctx = start_api(tmp_path, workers=2)
+    with ctx as g:
+        api = Api(g, admin)
+        wait_for(lambda: _admin_up(admin), 10, "admin API")
+        lifecycle(api)
+        # Every worker routes to it: many fresh connections land on both.
+        cid = api.create(query="?wait_ready=true")["id"]
+        for _ in range(20):
+            assert api.through(cid).status == 200
+
+
+def _admin_up(admin: int) -> bool:
+    try:
+        return call(admin, "GET", "/v1/containers", STAR).status == 200
+    except OSError:
+        return False
+
+
+def test_header_routing_and_unknown_ids(api: Api) -> None:
+    cid = api.create(query="?wait_ready=true")["id"]
+    r = fetch(api.g.port, "GET", "/", host="base.test", headers=[("x-guard-container", cid)])
+    assert r.status == 200 and r.header("x-demo-port")
+    r = fetch(
+        api.g.port,
+        "GET",
+        "/",
+        host="anything",
+        headers=[("x-guard-container", cid), ("x-guard-port", "http")],
+    )
+    assert r.status == 200
+    bad = fetch(api.g.port, "GET", "/", host="x", headers=[("x-guard-container", "0" * 16)])
+    assert_guard_error(bad, 404, "container_not_found")
+    assert_guard_error(fetch(api.g.port, host=host_of("0" * 16)), 404, "container_not_found")
+    assert_guard_error(fetch(api.g.port, host=host_of(cid, "admin")), 404, "container_not_found")
+    # Other hosts still go to the listener's routes.
+    assert_guard_error(fetch(api.g.port, host="nowhere.test"), 404, "route_not_found")
+
+
+def test_wait_ready_and_failed_start(api: Api) -> None:
+    made = api.create(query="?wait_ready=true&timeout=20s")
+    assert made["state"] == "running"
+    r = api("POST", "/v1/containers?wait_ready=true", body={"command": ["/bin/false"]})
+    assert_guard_error(r, 503, "instance_start_failed")
+    assert r.json()["container"]["id"]
+
+
+def test_sleep_after_and_destroy_after(api: Api) -> None:
+    cid = api.create(lifecycle={"sleep_after": "500ms"}, query="?wait_ready=true")["id"]
+    gone = api.create(
+        lifecycle={"sleep_after": "300ms", "destroy_after": "500ms"}, query="?wait_ready=true"
+    )["id"]
+    wait_for(lambda: api.get(cid).json()["state"] == "stopped", 10, "asleep")
+    assert api.through(cid).status == 200  # woken by a request
+    wait_for(lambda: api.get(gone).status == 404, 10, "destroyed")
+    assert_guard_error(api.through(gone), 404, "container_not_found")
+
+
+def test_list_filters_and_pages(api: Api) -> None:
+    ids = [api.create(tags={"team": "x" if i % 2 else "y", "n": str(i)})["id"] for i in range(5)]
+    r = api("GET", "/v1/containers?tag=team:x")
+    assert r.status == 200
+    assert [c["id"] for c in r.json()["containers"]] == [ids[1], ids[3]]
+    seen: list[str] = []
+    cursor = ""
+    while True:
+        page = api("GET", f"/v1/containers?limit=2{cursor}").json()
+        seen += [c["id"] for c in page["containers"]]
+        if page["next"] is None:
+            break
+        cursor = f"&cursor={page['next']}"
+    assert seen == ids
+    api("POST", f"/v1/containers/{ids[0]}/stop")
+    stopped = api("GET", "/v1/containers?state=stopped").json()["containers"]
+    assert [c["id"] for c in stopped] == [ids[0]]
+    assert_guard_error(api("GET", "/v1/containers?state=sleepy"), 400, "invalid_request")
+    assert_guard_error(api("GET", "/v1/containers?colour=red"), 400, "invalid_request")
+
+
+# ------------------------------------------------------------------------------ tenants
+
+
+def test_tenant_isolation_matrix(api: Api) -> None:
+    a = api.create(TOKEN_A)["id"]
+    b = api.create(TOKEN_B)["id"]
+    assert api.get(a, TOKEN_A).json()["tenant"] == "a"
+    for mine, theirs, token in ((a, b, TOKEN_A), (b, a, TOKEN_B)):
+        listed = [c["id"] for c in api("GET", "/v1/containers", token).json()["containers"]]
+        assert listed == [mine]
+        for method, path in (
+            ("GET", f"/v1/containers/{theirs}"),
+            ("DELETE", f"/v1/containers/{theirs}"),
+            ("POST", f"/v1/containers/{theirs}/stop"),
+            ("POST", f"/v1/containers/{theirs}/start"),
+        ):
+            assert_guard_error(api(method, path, token), 404, "container_not_found")
+        # Nor may a tenant route to another's container through a route of its own.
+        r = api(
+            "PUT",
+            "/v1/routes/steal",
+            token,
+            {"listener": "web", "match": {"host": "steal.test"}, "service": f"ctr-{theirs}"},
+        )
+        assert r.status == 400, r.body
+        # Usage: a tenant reads only its own tenant's rows and quota.
+        assert [t["name"] for t in api("GET", "/v1/tenants", token).json()["tenants"]] == [
+            "a" if token == TOKEN_A else "b"
+        ]
+    # Both still there (nothing of the above touched them); the operator sees both.
+    everything = [c["id"] for c in api("GET", "/v1/containers").json()["containers"]]
+    assert everything == [a, b]
+    assert api.get(a, TOKEN_A).status == 200 and api.get(b, TOKEN_B).status == 200
+
+
+def test_quota_429(api: Api) -> None:
+    api.create(TOKEN_A)
+    api.create(TOKEN_A)
+    r = api("POST", "/v1/containers", TOKEN_A, demo())
+    assert_guard_error(r, 429, "quota_exceeded")
+    assert "max_containers is 2" in r.json()["message"]
+    assert api("POST", "/v1/containers", TOKEN_B, demo()).status == 201  # b has no quota
+    use = api("GET", "/v1/tenants/a", TOKEN_A).json()
+    assert use["use"]["containers"] == 2 and use["quota"]["enforced"] is True
+
+
+def test_cpu_and_memory_quota(tmp_path: Path, token_env: None) -> None:
+    quota = {"a": {"max_cpu": 1, "max_memory": "256MiB"}}
+    admin, ctx = start_api(tmp_path, extra={"tenants": quota})
+    with ctx as g:
+        api = Api(g, admin)
+        r = api("POST", "/v1/containers", TOKEN_A, demo())
+        assert_guard_error(r, 400, "invalid_request")
+        assert "resources.cpu: required" in r.json()["message"]
+        api.create(TOKEN_A, resources={"cpu": 0.75, "memory": "128MiB"})
+        r = api("POST", "/v1/containers", TOKEN_A, demo(resources={"cpu": 0.5, "memory": "64MiB"}))
+        assert_guard_error(r, 429, "quota_exceeded")
+        assert "max_cpu is 1" in r.json()["message"]
+        r = api(
+            "POST", "/v1/containers", TOKEN_A, demo(resources={"cpu": "250m", "memory": "256MiB"})
+        )
+        assert_guard_error(r, 429, "quota_exceeded")
+        assert "max_memory is 268435456 bytes" in r.json()["message"]
+        api.create(TOKEN_A, resources={"cpu": "250m", "memory": "128MiB"})
+
+
+# ------------------------------------------------------------------------------ validation
+
+
+@pytest.mark.parametrize(
+    ("body", "line"),
+    [
+        (
+            demo(ports={"http": {"protocol": "smtp", "internal_port": 80}}),
+            "ports.http.protocol: must be one of http, tcp, udp",
+        ),
+        (demo(colour="red"), "colour: unknown field"),
+        (demo(lifecycle={"sleep_afer": "1s"}), "lifecycle.sleep_afer: unknown field"),
+        (demo(lifecycle={"sleep_after": 5}), "lifecycle.sleep_after: duration needs a unit"),
+        (demo(resources={"memory": "lots"}), "resources.memory: invalid size"),
+        (demo(env={"A": 1}), "env.A: must be a string"),
+        (demo(ports={"Http": {"internal_port": 80}}), "ports.Http: a port name is"),
+        (demo(ports={"http": {"internal_port": 70000}}), "ports.http.internal_port:"),
+        (demo(tags={"k": ["v"]}), "tags.k: must be a string"),
+        ({"env": {}}, "image: one of image (a docker image) or command"),
+        (demo(image="busybox"), "image: this Guard has no docker driver"),
+    ],
+)
+def test_validation_400(api: Api, body: dict[str, Any], line: str) -> None:
+    r = api("POST", "/v1/containers", body=body)
+    assert_guard_error(r, 400, "invalid_request")
+    assert any(e.startswith(line) for e in r.json()["errors"]), r.json()
+
+
+def test_bad_bodies(api: Api) -> None:
+    assert_guard_error(api("POST", "/v1/containers", body=b"{not json"), 400, "invalid_request")
+    assert_guard_error(api("POST", "/v1/containers", body=b"[1]"), 400, "invalid_request")
+    big = json.dumps(demo(tags={"k": "v" * (1024 * 1024)})).encode()
+    assert_guard_error(api("POST", "/v1/containers", body=big), 413, "body_too_large")
+    r = api(
+        "POST",
+        "/v1/containers",
+        body=demo(ports={"db": {"protocol": "tcp", "internal_port": 5432}}),
+    )
+    assert_guard_error(r, 501, "not_implemented")
+    assert_guard_error(api("PATCH", "/v1/containers"), 405, "method_not_allowed")
+    assert_guard_error(api("GET", "/v1/containers", token=None), 401, "unauthorized")
+    assert api("GET", "/v1/containers").json() == {"containers": [], "next": None}
+
+
+def test_concurrent_creates_respect_the_quota(api: Api) -> None:
+    results: list[int] = []
+
+    def one() -> None:
+        results.append(api("POST", "/v1/containers", TOKEN_A, demo()).status)
+
+    threads = [threading.Thread(target=one) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [201, 201, 429, 429, 429]
