@@ -336,3 +336,26 @@ def test_concurrent_creates_respect_the_quota(api: Api) -> None:
     for t in threads:
         t.join()
     assert sorted(results) == [201, 201, 429, 429, 429]
+
+
+def test_openapi_documents_the_container_endpoints(api: Api) -> None:
+    doc = api("GET", "/v1/openapi.json", None).json()
+    for path, methods in (
+        ("/v1/containers", {"get", "post"}),
+        ("/v1/containers/{id}", {"get", "delete"}),
+        ("/v1/containers/{id}/stop", {"post"}),
+        ("/v1/containers/{id}/start", {"post"}),
+    ):
+        assert methods <= set(doc["paths"][path]), path
+    schemas = doc["components"]["schemas"]
+    view = schemas["ContainerView"]
+    made = api.create(tags={"k": "v"}, lifecycle={"sleep_after": "1m"})
+    # What the API answers has exactly the documented fields (the schema is closed).
+    assert set(made) == set(view["properties"]), set(made) ^ set(view["properties"])
+    assert set(view["required"]) <= set(made)
+    ports = view["properties"]["ports"]["additionalProperties"]["properties"]
+    assert set(made["ports"]["http"]) == set(ports)
+    # And the request schema names exactly the fields the validator takes.
+    from guard.admin.container_body import FIELDS
+
+    assert set(schemas["Container"]["properties"]) == set(FIELDS)

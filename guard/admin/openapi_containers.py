@@ -1,0 +1,222 @@
+"""The ``/v1/containers`` part of the OpenAPI document (``guard.admin.openapi``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_STR = {"type": "string"}
+_INT = {"type": "integer"}
+_UNIT = {"type": ["string", "number"]}  # "250ms", "8MiB", 0.5 ...
+_NULL_STR = {"type": ["string", "null"]}
+_NULL_NUM = {"type": ["number", "null"]}
+_STR_MAP = {"type": "object", "additionalProperties": _STR}
+
+
+def _obj(props: dict[str, Any], required: tuple[str, ...] = (), closed: bool = True) -> dict:
+    doc: dict[str, Any] = {"type": "object", "properties": props}
+    if required:
+        doc["required"] = list(required)
+    if closed:
+        doc["additionalProperties"] = False
+    return doc
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, **_json(_ref("Error"))}
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+PORT = _obj(
+    {
+        "protocol": {"enum": ["http", "tcp", "udp"], "default": "http"},
+        "internal_port": {"type": "integer", "minimum": 1, "maximum": 65535},
+    },
+    ("internal_port",),
+)
+
+CONTAINER = _obj(
+    {
+        "image": {**_STR, "description": "a docker image (drivers.docker); else command"},
+        "command": {
+            "type": "array",
+            "items": _STR,
+            "minItems": 1,
+            "description": "argv: the process with no image (drivers.process), Cmd with one",
+        },
+        "env": _STR_MAP,
+        "resources": _obj({"cpu": _UNIT, "memory": _UNIT}),
+        "ports": {
+            "type": "object",
+            "additionalProperties": PORT,
+            "propertyNames": {"pattern": "^[a-z0-9]([a-z0-9-]{0,28}[a-z0-9])?$"},
+            "description": "by name; an http port is reached at {id}-{name}.{containers.domain}"
+            " (tcp/udp ports and more than one http port: 501 for now)",
+        },
+        "tags": _STR_MAP,
+        "service": {**_STR, "description": "a group name to list containers by"},
+        "lifecycle": _obj(
+            {
+                "sleep_after": {**_STR, "description": "idle time before it sleeps"},
+                "destroy_after": {**_STR, "description": "asleep this long: deleted"},
+            }
+        ),
+    },
+)
+
+CONTAINER_VIEW = _obj(
+    {
+        "id": _STR,
+        "tenant": _STR,
+        "state": {"enum": ["running", "starting", "stopping", "stopped", "deleting"]},
+        "driver": {"enum": ["process", "docker"]},
+        "image": _NULL_STR,
+        "command": {"type": "array", "items": _STR},
+        "env": _STR_MAP,
+        "resources": _obj({"cpu": _NULL_NUM, "memory": {"type": ["integer", "null"]}}),
+        "ports": {
+            "type": "object",
+            "additionalProperties": _obj(
+                {
+                    "protocol": _STR,
+                    "internal_port": _INT,
+                    "address": {**_STR, "description": "what clients use"},
+                }
+            ),
+        },
+        "tags": _STR_MAP,
+        "service": _NULL_STR,
+        "lifecycle": _obj({"sleep_after": _NULL_NUM, "destroy_after": _NULL_NUM}),
+        "created_at": {"type": "number"},
+        "instance": {
+            "type": ["object", "null"],
+            "properties": {
+                "id": _STR,
+                "state": _STR,
+                "started_at": _NULL_NUM,
+                "stop_reason": _NULL_STR,
+            },
+        },
+        "last_error": _NULL_STR,
+    },
+    ("id", "tenant", "state", "ports"),
+)
+
+SCHEMAS = {"Container": CONTAINER, "ContainerView": CONTAINER_VIEW}
+
+_ID = {"name": "id", "in": "path", "required": True, "schema": _STR}
+_WAIT = [
+    _query("wait_ready", {"type": "boolean"}, "answer once it is ready (or failed to start)"),
+    _query("timeout", _STR, "how long wait_ready waits (default 60s)"),
+]
+_TIMEOUT = [_query("timeout", _STR, "how long in-flight requests may take to finish")]
+_VIEW = {"description": "the container", **_json(_ref("ContainerView"))}
+_NOT_FOUND = _error("container_not_found: no such container, or another tenant's")
+_NOT_CONFIGURED = _error("containers_not_configured: guard.yaml has no containers.listener")
+_WAIT_ERRORS = {
+    "503": _error("instance_start_failed (with `container`) | driver_unavailable"),
+    "504": _error("wake_timeout: not ready within the timeout (with `container`)"),
+}
+
+
+def paths(auth_errors: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "/v1/containers": {
+            "get": {
+                "summary": "the caller's containers, oldest first, a page at a time",
+                "parameters": [
+                    _query("tag", _STR, "KEY:VALUE or KEY; repeat: all must match"),
+                    _query("state", {"enum": ["running", "starting", "stopping", "stopped"]}, ""),
+                    _query("service", _STR, "the group name given at create"),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, ""),
+                    _query("cursor", _STR, "`next` of the previous page"),
+                ],
+                "responses": {
+                    "200": {
+                        "description": "a page",
+                        **_json(
+                            _obj(
+                                {
+                                    "containers": {
+                                        "type": "array",
+                                        "items": _ref("ContainerView"),
+                                    },
+                                    "next": _NULL_STR,
+                                },
+                                ("containers", "next"),
+                            )
+                        ),
+                    },
+                    "400": _error("invalid_request: a bad query parameter"),
+                    "409": _NOT_CONFIGURED,
+                    **auth_errors,
+                },
+            },
+            "post": {
+                "summary": "create and start a container",
+                "parameters": _WAIT,
+                "requestBody": {"required": True, **_json(_ref("Container"))},
+                "responses": {
+                    "201": _VIEW,
+                    "400": _error("invalid_request, with one `errors` line per problem"),
+                    "409": _NOT_CONFIGURED,
+                    "413": _error("body over 1 MiB"),
+                    "429": _error("quota_exceeded: the tenant's quota, named in the message"),
+                    "501": _error("not_implemented: tcp/udp ports, several http ports"),
+                    **_WAIT_ERRORS,
+                    **auth_errors,
+                },
+            },
+        },
+        "/v1/containers/{id}": {
+            "parameters": [_ID],
+            "get": {
+                "summary": "one container",
+                "responses": {"200": _VIEW, "404": _NOT_FOUND, **auth_errors},
+            },
+            "delete": {
+                "summary": "refuse new requests, let in-flight ones finish, stop, forget",
+                "parameters": _TIMEOUT,
+                "responses": {
+                    "200": {
+                        "description": "deleted",
+                        **_json(_obj({"id": _STR, "state": {"const": "deleted"}})),
+                    },
+                    "404": _NOT_FOUND,
+                    **auth_errors,
+                },
+            },
+        },
+        "/v1/containers/{id}/stop": {
+            "parameters": [_ID],
+            "post": {
+                "summary": "drain and stop its instance; a request to its address wakes it",
+                "parameters": _TIMEOUT,
+                "responses": {"200": _VIEW, "404": _NOT_FOUND, **auth_errors},
+            },
+        },
+        "/v1/containers/{id}/start": {
+            "parameters": [_ID],
+            "post": {
+                "summary": "start it now (it also starts on the next request)",
+                "parameters": _WAIT,
+                "responses": {"200": _VIEW, "404": _NOT_FOUND, **_WAIT_ERRORS, **auth_errors},
+            },
+        },
+    }
