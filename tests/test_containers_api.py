@@ -57,8 +57,8 @@ class Api:
     def get(self, container_id: str, token: str = STAR) -> Resp:
         return self("GET", f"/v1/containers/{container_id}", token)
 
-    def through(self, container_id: str, path: str = "/", **kw: Any) -> Resp:
-        return fetch(self.g.port, "GET", path, host=host_of(container_id), timeout=30, **kw)
+    def through(self, container_id: str, path: str = "/", port: str = "http") -> Resp:
+        return fetch(self.g.port, "GET", path, host=host_of(container_id, port), timeout=30)
 
 
 __all__ = ["token_env"]  # the fixture, shared with the admin API's tests

@@ -1,0 +1,98 @@
+"""Containers made through the admin API on the docker driver (issue 6): the lifecycle of
+tests/test_containers_api.py with every container a real one of the daemon, and what the
+daemon holds checked at each step (stopped = no container; deleted = none left).
+
+Skipped without a daemon, failing under CI=true (the fixtures of
+tests/test_docker_driver.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiodocker
+import pytest
+
+from guard.drivers.docker import LABEL_ID, LABEL_INSTANCE
+from tests import test_docker_driver
+from tests.helpers import assert_guard_error
+from tests.test_admin_api import STAR, TOKEN_A, token_env
+from tests.test_containers_api import Api, start_api
+from tests.test_containers_docker import SERVE
+from tests.test_docker_driver import IMAGE, SOCKET
+
+docker_image = test_docker_driver.docker_image
+guard_id = test_docker_driver.guard_id
+__all__ = ["docker_image", "guard_id", "token_env"]  # fixtures, shared
+
+pytestmark = [
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="docker on linux"),
+    pytest.mark.timeout(90),
+]
+
+
+async def _running(gid: str, container_id: str) -> list[dict[str, Any]]:
+    async with aiodocker.Docker(url=SOCKET) as docker:
+        found = await docker.containers.list(all=True, filters={"label": [f"{LABEL_ID}={gid}"]})
+        out = []
+        for c in found:
+            if (c["Labels"] or {}).get(LABEL_INSTANCE, "").startswith(f"ctr-{container_id}-"):
+                out.append(await c.show())
+        return out
+
+
+def daemon_containers(gid: str, container_id: str) -> list[dict[str, Any]]:
+    return asyncio.run(_running(gid, container_id))
+
+
+def test_lifecycle_on_docker(tmp_path: Path, token_env: None, guard_id: str) -> None:
+    drivers = {"docker": {"network": "host", "socket": SOCKET, "guard_id": guard_id}}
+    admin, ctx = start_api(tmp_path, extra={"drivers": drivers})
+    with ctx as g:
+        api = Api(g, admin)
+        body = {
+            "image": IMAGE,
+            "command": SERVE,
+            "ports": {"web": {"protocol": "http", "internal_port": 8080}},
+            "resources": {"cpu": 0.5, "memory": "64MiB"},
+        }
+        r = api("POST", "/v1/containers", TOKEN_A, body)
+        assert r.status == 201, r.body
+        made = r.json()
+        cid = made["id"]
+        assert made["driver"] == "docker" and made["tenant"] == "a"
+        assert made["ports"]["web"]["address"].startswith(f"http://{cid}-web.")
+
+        def through() -> Any:
+            return api.through(cid, port="web")
+
+        r = through()  # held while the container starts
+        assert r.status == 200, (r.status, r.body)
+        [info] = daemon_containers(guard_id, cid)
+        assert info["State"]["Running"]
+        assert info["HostConfig"]["NanoCpus"] == 500_000_000
+        assert info["HostConfig"]["Memory"] == 64 << 20
+
+        assert api("POST", f"/v1/containers/{cid}/stop", TOKEN_A).json()["state"] == "stopped"
+        assert daemon_containers(guard_id, cid) == []  # stopped and removed
+        assert through().status == 200  # woken
+        assert len(daemon_containers(guard_id, cid)) == 1
+
+        assert api("DELETE", f"/v1/containers/{cid}", TOKEN_A).status == 200
+        assert daemon_containers(guard_id, cid) == []
+        assert_guard_error(through(), 404, "container_not_found")
+        assert_guard_error(api.get(cid, STAR), 404, "container_not_found")
+
+
+def test_wait_ready_reports_a_missing_image(tmp_path: Path, token_env: None, guard_id: str) -> None:
+    drivers = {"docker": {"network": "host", "socket": SOCKET, "guard_id": guard_id}}
+    admin, ctx = start_api(tmp_path, extra={"drivers": drivers})
+    with ctx as g:
+        api = Api(g, admin)
+        body = {"image": "guard-test-no-such-image:never", "ports": {"web": {"internal_port": 80}}}
+        r = api("POST", "/v1/containers?wait_ready=true", STAR, body)
+        assert_guard_error(r, 503, "instance_start_failed")
+        assert "guard-test-no-such-image" in r.json()["message"]
