@@ -10,6 +10,7 @@ tests/test_containers_api_docker.py.
 from __future__ import annotations
 
 import json
+import socket
 import sys
 import threading
 from collections.abc import Iterator
@@ -345,6 +346,7 @@ def test_openapi_documents_the_container_endpoints(api: Api) -> None:
         ("/v1/containers/{id}", {"get", "delete"}),
         ("/v1/containers/{id}/stop", {"post"}),
         ("/v1/containers/{id}/start", {"post"}),
+        ("/v1/containers/{id}/logs", {"get"}),
     ):
         assert methods <= set(doc["paths"][path]), path
     schemas = doc["components"]["schemas"]
@@ -359,3 +361,49 @@ def test_openapi_documents_the_container_endpoints(api: Api) -> None:
     from guard.admin.container_body import FIELDS
 
     assert set(schemas["Container"]["properties"]) == set(FIELDS)
+
+
+# ------------------------------------------------------------------------------ logs
+
+CHATTY = [
+    "/bin/sh",
+    "-c",
+    "echo hello-from-$GUARD_KEY; echo oops >&2;"
+    " (while true; do echo tick; sleep 0.1; done) &"
+    f" exec {sys.executable} -m guard.demo http",
+]
+
+
+def test_logs_tail_follow_and_after_stop(api: Api) -> None:
+    cid = api.create(command=CHATTY, query="?wait_ready=true")["id"]
+    wait_for(lambda: b"tick" in api("GET", f"/v1/containers/{cid}/logs").body, 10, "output")
+    r = api("GET", f"/v1/containers/{cid}/logs")
+    assert r.status == 200 and r.header("content-type").startswith("text/plain")
+    assert f"hello-from-{cid}\n".encode() in r.body and b"oops\n" in r.body
+    for n in (1, 3):
+        last = api("GET", f"/v1/containers/{cid}/logs?tail={n}").body
+        assert last.count(b"\n") == n and last.endswith(b"\n"), last
+    assert api("GET", f"/v1/containers/{cid}/logs?tail=0").body == b""
+
+    # follow: a chunked stream of new output, for as long as the client reads.
+    with socket.create_connection(("127.0.0.1", api.admin), timeout=10) as s:
+        s.sendall(
+            f"GET /v1/containers/{cid}/logs?follow=true&tail=0 HTTP/1.1\r\nhost: a\r\n"
+            f"authorization: Bearer {STAR}\r\n\r\n".encode()
+        )
+        got = b""
+        while got.count(b"tick") < 3:
+            data = s.recv(65536)
+            assert data, got
+            got += data
+        head = got.split(b"\r\n\r\n")[0].lower()
+        assert head.startswith(b"http/1.1 200") and b"transfer-encoding: chunked" in head
+        assert b"hello-from" not in got  # tail=0: only what came after
+
+    assert api("POST", f"/v1/containers/{cid}/stop").json()["state"] == "stopped"
+    kept = api("GET", f"/v1/containers/{cid}/logs").body
+    assert f"hello-from-{cid}".encode() in kept  # what the last instance wrote
+    assert_guard_error(api("GET", f"/v1/containers/{cid}/logs?tail=x"), 400, "invalid_request")
+    assert_guard_error(
+        api("GET", f"/v1/containers/{cid}/logs", TOKEN_B), 404, "container_not_found"
+    )

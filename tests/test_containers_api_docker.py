@@ -9,7 +9,9 @@ tests/test_docker_driver.py).
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,9 @@ from tests.test_admin_api import STAR, TOKEN_A, token_env
 from tests.test_containers_api import Api, start_api
 from tests.test_containers_docker import SERVE
 from tests.test_docker_driver import IMAGE, SOCKET
+
+# SERVE, saying hello first: something for the daemon's log driver to keep.
+CHATTY = [SERVE[0], SERVE[1], "echo hello-from-$GUARD_KEY; " + SERVE[2]]
 
 docker_image = test_docker_driver.docker_image
 guard_id = test_docker_driver.guard_id
@@ -55,7 +60,7 @@ def test_lifecycle_on_docker(tmp_path: Path, token_env: None, guard_id: str) -> 
         api = Api(g, admin)
         body = {
             "image": IMAGE,
-            "command": SERVE,
+            "command": CHATTY,
             "ports": {"web": {"protocol": "http", "internal_port": 8080}},
             "resources": {"cpu": 0.5, "memory": "64MiB"},
         }
@@ -75,8 +80,31 @@ def test_lifecycle_on_docker(tmp_path: Path, token_env: None, guard_id: str) -> 
         assert info["State"]["Running"]
         assert info["HostConfig"]["NanoCpus"] == 500_000_000
         assert info["HostConfig"]["Memory"] == 64 << 20
+        logs = api("GET", f"/v1/containers/{cid}/logs?tail=10", TOKEN_A)
+        assert logs.status == 200 and f"hello-from-{cid}".encode() in logs.body, logs.body
 
-        assert api("POST", f"/v1/containers/{cid}/stop", TOKEN_A).json()["state"] == "stopped"
+        # A follow ends (cleanly, with the last chunk) when the container stops.
+        with socket.create_connection(("127.0.0.1", admin), timeout=20) as s:
+            s.sendall(
+                f"GET /v1/containers/{cid}/logs?follow=true HTTP/1.1\r\nhost: a\r\n"
+                f"authorization: Bearer {TOKEN_A}\r\n\r\n".encode()
+            )
+            got = s.recv(65536)
+            assert b"transfer-encoding: chunked" in got.lower()
+            stopper = threading.Thread(
+                target=api, args=("POST", f"/v1/containers/{cid}/stop", TOKEN_A)
+            )
+            stopper.start()
+            while not got.endswith(b"0\r\n\r\n"):
+                data = s.recv(65536)
+                assert data, got
+                got += data
+            stopper.join()
+        assert f"hello-from-{cid}".encode() in got
+        assert api.get(cid, TOKEN_A).json()["state"] == "stopped"
+        kept = api("GET", f"/v1/containers/{cid}/logs", TOKEN_A).body
+        assert f"hello-from-{cid}".encode() in kept
+
         assert daemon_containers(guard_id, cid) == []  # stopped and removed
         assert through().status == 200  # woken
         assert len(daemon_containers(guard_id, cid)) == 1

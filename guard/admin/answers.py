@@ -4,6 +4,7 @@ JSON error shape."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,9 @@ class Answer:
     body: bytes
     content_type: str = "application/json"
     extra: tuple[tuple[str, str], ...] = ()
+    # A body of unknown length (a log follow): sent chunked after ``body``, until it ends
+    # or the client goes away.
+    stream: AsyncIterator[bytes] | None = None
 
 
 REASONS = {

@@ -47,6 +47,8 @@ STATES = ("running", "starting", "stopping", "stopped")
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_TIMEOUT = 600.0
+MAX_TAIL = 100_000
+DEFAULT_FOLLOW_TAIL = 100  # a follow starts with this many lines unless ?tail= says
 _LIST_PARAMS = frozenset({"tag", "state", "service", "limit", "cursor"})
 
 
@@ -159,6 +161,10 @@ class ContainersApi:
                 return json_answer(200, {"id": record.id, "state": "deleted"})
             return _not_allowed(f"/v1/containers/{record.id}", "GET, HEAD, DELETE")
         action = rest[1]
+        if len(rest) == 2 and action == "logs":
+            if method not in ("GET", "HEAD"):
+                return _not_allowed(f"/v1/containers/{record.id}/logs", "GET, HEAD")
+            return await self._logs(plane, record, query)
         if len(rest) == 2 and action in ("start", "stop"):
             if method != "POST":
                 return _not_allowed(f"/v1/containers/{record.id}/{action}", "POST")
@@ -334,6 +340,25 @@ class ContainersApi:
             page.append(self.view(plane, r))
         next_cursor = page[-1]["id"] if more and page else None
         return json_answer(200, {"containers": page, "next": next_cursor})
+
+    async def _logs(self, plane: ControlPlane, record: ContainerRecord, query: str) -> Answer:
+        pairs = _params(query, frozenset({"tail", "follow"}))
+        raw_tail = _one(pairs, "tail")
+        tail: int | None = None
+        if raw_tail is not None:
+            if not raw_tail.isdigit() or int(raw_tail) > MAX_TAIL:
+                raise _bad(f"tail: must be a whole number of lines from 0 to {MAX_TAIL}")
+            tail = int(raw_tail)
+        kind = "text/plain; charset=utf-8"
+        if _flag(pairs, "follow"):
+            first = DEFAULT_FOLLOW_TAIL if tail is None else tail
+            stream = plane.containers.follow_logs(record, first)
+            return Answer(200, b"", kind, stream=stream)
+        try:
+            out = await plane.containers.logs(record, tail)
+        except DriverError as e:
+            return error_answer(503, "driver_unavailable", f"cannot read the logs: {e}")
+        return Answer(200, out, kind)
 
     # ------------------------------------------------------------------ views
     def address(self, record: ContainerRecord, port: str) -> str:

@@ -211,6 +211,31 @@ def paths(auth_errors: dict[str, Any]) -> dict[str, Any]:
                 "responses": {"200": _VIEW, "404": _NOT_FOUND, **auth_errors},
             },
         },
+        "/v1/containers/{id}/logs": {
+            "parameters": [_ID],
+            "get": {
+                "summary": "its output (stdout and stderr); asleep, what its last instance wrote",
+                "parameters": [
+                    _query("tail", {"type": "integer", "minimum": 0}, "the last N lines"),
+                    _query(
+                        "follow",
+                        {"type": "boolean"},
+                        "a chunked stream: the last `tail` (default 100) lines, then output"
+                        " as it is written, until the instance stops or the client goes",
+                    ),
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the output",
+                        "content": {"text/plain": {"schema": _STR}},
+                    },
+                    "400": _error("invalid_request: a bad query parameter"),
+                    "404": _NOT_FOUND,
+                    "503": _error("driver_unavailable: the driver cannot be read"),
+                    **auth_errors,
+                },
+            },
+        },
         "/v1/containers/{id}/start": {
             "parameters": [_ID],
             "post": {

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import math
 import secrets
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,7 @@ from guard.config.model import ContainerSpec, ScaleConfig, ServiceConfig
 from guard.control.controller import ServiceController
 from guard.control.messages import ContainerRoute, ContainerUpdate, WakeFailure
 from guard.control.state import Instance, Phase
+from guard.drivers.base import DriverError, last_lines
 
 if TYPE_CHECKING:
     from guard.control.plane import ControlPlane
@@ -38,6 +40,7 @@ WAKE_TIMEOUT = 60.0  # a held request, or ?wait_ready, waits this long for a fir
 QUEUE = 1000
 CHUNK = 500  # container routes per message to a newly attached worker (the link's line bound)
 _POLL = 0.01
+KEPT_LOGS = 256 * 1024  # bytes of a stopped instance's output kept for GET .../logs
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +141,7 @@ class ContainerManager:
         self._failures: dict[str, WakeFailure] = {}  # container id -> last failed start
         self._asleep_since: dict[str, float] = {}  # loop time its last instance went
         self._deletes: dict[str, asyncio.Task[None]] = {}
+        self._last_logs: dict[str, bytes] = {}  # container id -> its last instance's output
 
     # ------------------------------------------------------------------ queries
     def get(self, container_id: str) -> ContainerRecord | None:
@@ -153,6 +157,54 @@ class ContainerManager:
         return service.startswith(SERVICE_PREFIX) and (
             self.state.get_container(service[len(SERVICE_PREFIX) :]) is not None
         )
+
+    def _current(self, record: ContainerRecord) -> Instance | None:
+        """The newest instance the driver still holds (running, starting or stopping)."""
+        live = [
+            i
+            for i in self.instances(record)
+            if i.handle is not None and i.phase is not Phase.STOPPED
+        ]
+        return max(live, key=lambda i: i.created_at) if live else None
+
+    async def logs(self, record: ContainerRecord, tail: int | None) -> bytes:
+        """Output of its current instance; asleep, what its last one wrote before it stopped."""
+        inst = self._current(record)
+        ctl = self.plane.controllers.get(record.service)
+        if inst is not None and inst.handle is not None and ctl is not None:
+            try:
+                return await ctl.driver.logs(inst.handle, tail)
+            except DriverError:
+                pass  # stopped meanwhile: what was kept
+        return last_lines(self._last_logs.get(record.id, b""), tail)
+
+    async def follow_logs(self, record: ContainerRecord, tail: int | None) -> AsyncIterator[bytes]:
+        """The last ``tail`` lines, then output as it is written, until the instance stops."""
+        first = await self.logs(record, tail)
+        if first:
+            yield first
+        inst = self._current(record)
+        ctl = self.plane.controllers.get(record.service)
+        if inst is None or inst.handle is None or ctl is None:
+            return
+        try:
+            async for chunk in ctl.driver.follow_logs(inst.handle):
+                yield chunk
+        except DriverError:
+            return
+
+    async def instance_stopping(self, inst: Instance) -> None:
+        """Keep the end of an API container's output: its instance is about to go."""
+        if not self.owns(inst.service) or inst.handle is None or inst.key is None:
+            return
+        ctl = self.plane.controllers.get(inst.service)
+        if ctl is None:
+            return
+        try:
+            out = await ctl.driver.logs(inst.handle, None)
+        except DriverError:
+            return
+        self._last_logs[inst.key] = out[-KEPT_LOGS:]
 
     def last_failure(self, container_id: str) -> WakeFailure | None:
         return self._failures.get(container_id)
@@ -240,6 +292,7 @@ class ContainerManager:
         self.state.remove_container(record.id)
         self._failures.pop(record.id, None)
         self._asleep_since.pop(record.id, None)
+        self._last_logs.pop(record.id, None)
         self._broadcast(ContainerUpdate(False, (), (record.id,)))
         plane.forget(record.service)
         plane.event("container_deleted", None, service=record.service, tenant=record.tenant)

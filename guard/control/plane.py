@@ -273,6 +273,7 @@ class ControlPlane:
             hook(inst)
 
     async def instance_stopping(self, inst: Instance) -> None:
+        await self.containers.instance_stopping(inst)
         if self.meter is not None:
             try:
                 await self.meter.instance_stopping(inst)

@@ -57,7 +57,7 @@ import math
 import re
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -78,6 +78,7 @@ from guard.drivers.base import (
     InstanceStats,
     InstanceStatus,
     exit_reason,
+    last_lines,
 )
 from guard.drivers.process import instance_env, pick_free_port
 
@@ -455,6 +456,23 @@ class DockerDriver(Driver):
         return InstanceStats(
             cpu_seconds=inst.cpu_high, memory_bytes=memory_in_use(memory_stats), at=at
         )
+
+    async def logs(self, handle: InstanceHandle, tail: int | None) -> bytes:
+        """``docker logs --tail N`` (the daemon's log driver keeps and bounds them)."""
+        inst = self._get(handle)
+        with self._errors(f"logs of {handle.id}"):
+            parts = await self._container(inst).log(
+                stdout=True, stderr=True, tail="all" if tail is None else str(max(tail, 0))
+            )
+        return last_lines("".join(parts).encode("utf-8", "replace"), tail)
+
+    async def follow_logs(self, handle: InstanceHandle) -> AsyncIterator[bytes]:
+        """``docker logs --follow --tail 0``: ends when the container stops."""
+        inst = self._get(handle)
+        with self._errors(f"logs of {handle.id}"):
+            stream = self._container(inst).log(stdout=True, stderr=True, follow=True, tail="0")
+            async for part in stream:
+                yield part.encode("utf-8", "replace")
 
     def on_exit(self, callback: ExitCallback) -> Callable[[], None]:
         return self._listeners.add(callback)

@@ -47,12 +47,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from guard.config.model import ContainerSpec
 from guard.drivers.base import (
+    MAX_LOG_READ,
     Driver,
     DriverError,
     ExitCallback,
@@ -63,11 +64,13 @@ from guard.drivers.base import (
     InstanceStats,
     InstanceStatus,
     exit_reason,
+    last_lines,
 )
 
 log = logging.getLogger(__name__)
 
 LOG_LIMIT = 10 * 1024 * 1024
+_FOLLOW_POLL = 0.2
 LOG_NAME = "output.log"
 DEFAULT_INHERIT_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
 # Instance ids become directory names: no separators, no "." / "..", bounded length.
@@ -234,6 +237,26 @@ def _read_stats(pgid: int) -> tuple[int, int] | None:
             except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
                 continue  # exited while we looked
     return group_usage(found, pgid)
+
+
+def _read_log(path: Path) -> bytes:
+    """The newest ``MAX_LOG_READ`` bytes of output: the rotated file's end, then the file."""
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - MAX_LOG_READ))
+            data = f.read()
+    except FileNotFoundError:
+        return b""
+    if len(data) < MAX_LOG_READ:
+        try:
+            with path.with_name(path.name + ".1").open("rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(0, size - (MAX_LOG_READ - len(data))))
+                data = f.read() + data
+        except FileNotFoundError:
+            pass
+    return data
 
 
 def _rotate_log(path: Path) -> None:
@@ -475,6 +498,38 @@ class ProcessDriver(Driver):
         return InstanceStats(
             cpu_seconds=inst.cpu_high, memory_bytes=pages * _PAGE_SIZE, at=self._clock()
         )
+
+    async def logs(self, handle: InstanceHandle, tail: int | None) -> bytes:
+        path = self._get(handle).handle.log_path
+        assert path is not None
+        return last_lines(await asyncio.to_thread(_read_log, path), tail)
+
+    async def follow_logs(self, handle: InstanceHandle) -> AsyncIterator[bytes]:
+        """Polls the file (``tail -F``): from its end now, again from the start after a
+        rotation, until the instance is removed."""
+        path = self._get(handle).handle.log_path
+        assert path is not None
+        try:
+            f = await asyncio.to_thread(path.open, "rb")
+        except OSError as e:
+            raise DriverError(f"cannot read the output of {handle.id}: {e.strerror}") from e
+        try:
+            f.seek(0, os.SEEK_END)
+            while True:
+                chunk = await asyncio.to_thread(f.read, 64 * 1024)
+                if chunk:
+                    yield chunk
+                    continue
+                if handle.id not in self._instances:
+                    return
+                try:
+                    if path.stat().st_size < f.tell():  # rotated: copied, then truncated
+                        f.seek(0)
+                except FileNotFoundError:
+                    return
+                await asyncio.sleep(_FOLLOW_POLL)
+        finally:
+            f.close()
 
     def on_exit(self, callback: ExitCallback) -> Callable[[], None]:
         return self._listeners.add(callback)
