@@ -13,13 +13,14 @@ import json
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import GuardProc, run_guard
+from tests.conftest import GuardProc, _merge, run_guard
 from tests.helpers import REPO, Resp, assert_guard_error, fetch, free_port, wait_for
 from tests.test_admin_api import STAR, TOKEN_A, TOKEN_B, call, token_env
 
@@ -79,8 +80,8 @@ def start_api(directory: Path, *, workers: int = 1, extra: dict[str, Any] | None
                 {"token_env": "GUARD_T_B", "tenant": "b"},
             ],
         },
-        **(extra or {}),
     }
+    cfg = _merge(cfg, extra or {})
     routes = [{"name": "base", "match": {"host": "base.test"}, "service": "base"}]
     services = {"base": {"servers": [f"127.0.0.1:{free_port()}"]}}
     return admin, run_guard(directory, "httptools", routes, services, extra=cfg)
@@ -137,7 +138,9 @@ def test_full_lifecycle(api: Api) -> None:
 
 
 def test_workers_two(tmp_path: Path, token_env: None) -> None:
-    admin, ctx = start_api(tmp_path, workers=2)
+    first = free_port()
+    extra = {"containers": {"tcp_ports": f"{first}-{first + 40}"}}
+    admin, ctx = start_api(tmp_path, workers=2, extra=extra)
     with ctx as g:
         api = Api(g, admin)
         wait_for(lambda: _admin_up(admin), 10, "admin API")
@@ -146,6 +149,14 @@ def test_workers_two(tmp_path: Path, token_env: None) -> None:
         cid = api.create(query="?wait_ready=true")["id"]
         for _ in range(20):
             assert api.through(cid).status == 200
+        # And every worker listens on a tcp container's port.
+        made = api.create(
+            command=[*DEMO[:-1], "tcp"], ports={"db": {"protocol": "tcp", "internal_port": 1}}
+        )
+        tcp_port = int(made["ports"]["db"]["address"].rsplit(":", 1)[1])
+        wait_for(lambda: _connects(tcp_port), 10, "the container's tcp listener")
+        for i in range(20):
+            assert _echo_tcp(tcp_port, b"%d\n" % i) == b"%d\n" % i
 
 
 def _admin_up(admin: int) -> bool:
@@ -314,12 +325,8 @@ def test_bad_bodies(api: Api) -> None:
     assert_guard_error(api("POST", "/v1/containers", body=b"[1]"), 400, "invalid_request")
     big = json.dumps(demo(tags={"k": "v" * (1024 * 1024)})).encode()
     assert_guard_error(api("POST", "/v1/containers", body=big), 413, "body_too_large")
-    r = api(
-        "POST",
-        "/v1/containers",
-        body=demo(ports={"db": {"protocol": "tcp", "internal_port": 5432}}),
-    )
-    assert_guard_error(r, 501, "not_implemented")
+    two = {"a": {"internal_port": 1}, "b": {"internal_port": 2}}
+    assert_guard_error(api("POST", "/v1/containers", body=demo(ports=two)), 501, "not_implemented")
     assert_guard_error(api("PATCH", "/v1/containers"), 405, "method_not_allowed")
     assert_guard_error(api("GET", "/v1/containers", token=None), 401, "unauthorized")
     assert api("GET", "/v1/containers").json() == {"containers": [], "next": None}
@@ -407,3 +414,86 @@ def test_logs_tail_follow_and_after_stop(api: Api) -> None:
     assert_guard_error(
         api("GET", f"/v1/containers/{cid}/logs", TOKEN_B), 404, "container_not_found"
     )
+
+
+# ------------------------------------------------------------------------------ tcp / udp
+
+
+def _echo_tcp(port: int, payload: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        s.sendall(payload)  # sent before the container exists: held with the connection
+        got = b""
+        while len(got) < len(payload):
+            data = s.recv(65536)
+            if not data:
+                break
+            got += data
+        return got
+
+
+def _echo_udp(port: int, payload: bytes) -> bytes:
+    """Sent again every 0.5 s (datagrams before the listener is bound are lost)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.5)
+        deadline = time.monotonic() + 20
+        while True:
+            s.sendto(payload, ("127.0.0.1", port))
+            try:
+                return s.recv(65536)
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise
+
+
+def test_tcp_and_udp_ports_get_listeners(tmp_path: Path, token_env: None) -> None:
+    first = free_port()
+    span = f"{first}-{first + 40}"
+    admin, ctx = start_api(tmp_path, extra={"containers": {"tcp_ports": span}})
+    with ctx as g:
+        api = Api(g, admin)
+        made = api.create(
+            command=[*DEMO[:-1], "tcp"],
+            ports={"db": {"protocol": "tcp", "internal_port": 5432}},
+        )
+        address = made["ports"]["db"]["address"]
+        assert address.startswith("tcp://127.0.0.1:"), address
+        tcp_port = int(address.rsplit(":", 1)[1])
+        assert first <= tcp_port <= first + 40
+        wait_for(lambda: _connects(tcp_port), 10, "the container's tcp listener")
+        assert _echo_tcp(tcp_port, b"hello over tcp\n") == b"hello over tcp\n"
+        api("POST", f"/v1/containers/{made['id']}/stop")
+        assert _echo_tcp(tcp_port, b"wakes it\n") == b"wakes it\n"
+        assert api.get(made["id"]).json()["state"] == "running"
+
+        udp = api.create(
+            command=[*DEMO[:-1], "udp"],
+            ports={"dns": {"protocol": "udp", "internal_port": 53}},
+            query="?wait_ready=true",
+        )
+        udp_port = int(udp["ports"]["dns"]["address"].rsplit(":", 1)[1])
+        assert udp["ports"]["dns"]["address"].startswith("udp://") and udp_port != tcp_port
+        assert _echo_udp(udp_port, b"ping") == b"pong"
+
+        assert api("DELETE", f"/v1/containers/{made['id']}").status == 200
+        wait_for(lambda: not _connects(tcp_port), 10, "the listener closed")
+        # Freed: the next tcp container may get the port again.
+        again = api.create(
+            command=[*DEMO[:-1], "tcp"], ports={"db": {"protocol": "tcp", "internal_port": 1}}
+        )
+        assert int(again["ports"]["db"]["address"].rsplit(":", 1)[1]) == tcp_port
+
+
+def _connects(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_tcp_ports_need_a_range(api: Api) -> None:
+    r = api(
+        "POST", "/v1/containers", body=demo(ports={"db": {"protocol": "tcp", "internal_port": 1}})
+    )
+    assert_guard_error(r, 409, "containers_not_configured")
+    assert "containers.tcp_ports" in r.json()["message"]

@@ -32,6 +32,7 @@ from guard.config.model import GuardConfig, ReadyProbe
 from guard.control.containers import (
     WAKE_TIMEOUT,
     ContainerRecord,
+    PortSpec,
     StartFailed,
     new_id,
     state_of,
@@ -115,6 +116,8 @@ class ContainersApi:
         listener = config.listeners.get(config.containers.listener or "")
         self._scheme = "https" if listener is not None and listener.protocol == "https" else "http"
         default_port = 443 if self._scheme == "https" else 80
+        host = listener.host if listener is not None else "127.0.0.1"
+        self._host = f"[{host}]" if ":" in host else host
         self._port_suffix = (
             f":{listener.port}" if listener is not None and listener.port != default_port else ""
         )
@@ -196,27 +199,41 @@ class ContainersApi:
             return error_answer(
                 400, "invalid_request", f"the container is not valid: {e}", errors=e.errors
             )
-        unserved = [p for p in request.ports if p.protocol != "http"]
-        if unserved or len(request.ports) > 1:
-            what = (
-                f"ports.{unserved[0].name}: {unserved[0].protocol} ports"
-                if unserved
-                else "ports: more than one http port"
-            )
+        if len(request.ports) > 1:
+            # Instances have one port ($PORT) in both drivers today.
             return error_answer(
-                501, "not_implemented", f"{what} of API containers are not served yet"
+                501, "not_implemented", "ports: more than one port per container is not served yet"
             )
         spec = request.spec
-        if not request.ports:
-            # Nothing to probe: it is ready once it runs.
-            spec = replace(spec, ready=ReadyProbe(delay=0.05))
+        ports = request.ports
+        l4 = [p for p in ports if p.protocol != "http"]
+        if not ports or (l4 and l4[0].protocol == "udp"):
+            # Nothing to probe, or udp, which has no reply every app gives: ready once it
+            # runs (a moment to bind).
+            spec = replace(spec, ready=ReadyProbe(delay=0.1 if ports else 0.05))
+        if l4 and self.config.containers.tcp_ports is None:
+            return error_answer(
+                409,
+                "containers_not_configured",
+                f"ports.{l4[0].name}: {l4[0].protocol} ports need containers.tcp_ports in"
+                " guard.yaml (the range their listeners are given ports from)",
+            )
         async with self._create_lock:
             self._check_quota(plane, caller, spec.resources.cpu, spec.resources.memory)
+            if l4:
+                public = plane.containers.allocate_port(l4[0].protocol)
+                if public is None:
+                    return error_answer(
+                        503,
+                        "ports_exhausted",
+                        "every port of containers.tcp_ports is taken",
+                    )
+                ports = tuple(replace(p, public_port=public) if p is l4[0] else p for p in ports)
             record = ContainerRecord(
                 id=new_id(),
                 tenant=caller.tenant,
                 spec=spec,
-                ports=request.ports,
+                ports=ports,
                 tags=request.tags,
                 group=request.group,
                 lifecycle=request.lifecycle,
@@ -361,9 +378,11 @@ class ContainersApi:
         return Answer(200, out, kind)
 
     # ------------------------------------------------------------------ views
-    def address(self, record: ContainerRecord, port: str) -> str:
+    def address(self, record: ContainerRecord, port: PortSpec) -> str:
+        if port.public_port is not None:
+            return f"{port.protocol}://{self._host}:{port.public_port}"
         domain = self.config.containers.domain
-        return f"{self._scheme}://{record.id}-{port}.{domain}{self._port_suffix}"
+        return f"{self._scheme}://{record.id}-{port.name}.{domain}{self._port_suffix}"
 
     def view(self, plane: ControlPlane, record: ContainerRecord) -> dict[str, Any]:
         spec = record.spec
@@ -384,7 +403,7 @@ class ContainersApi:
                 p.name: {
                     "protocol": p.protocol,
                     "internal_port": p.internal_port,
-                    "address": self.address(record, p.name),
+                    "address": self.address(record, p),
                 }
                 for p in record.ports
             },

@@ -66,8 +66,9 @@ CONTAINER = _obj(
             "type": "object",
             "additionalProperties": PORT,
             "propertyNames": {"pattern": "^[a-z0-9]([a-z0-9-]{0,28}[a-z0-9])?$"},
-            "description": "by name; an http port is reached at {id}-{name}.{containers.domain}"
-            " (tcp/udp ports and more than one http port: 501 for now)",
+            "description": "by name; an http port is reached at {id}-{name}.{containers.domain},"
+            " a tcp/udp port at a listener port from containers.tcp_ports (one port per"
+            " container for now: more is 501)",
         },
         "tags": _STR_MAP,
         "service": {**_STR, "description": "a group name to list containers by"},
@@ -96,7 +97,11 @@ CONTAINER_VIEW = _obj(
                 {
                     "protocol": _STR,
                     "internal_port": _INT,
-                    "address": {**_STR, "description": "what clients use"},
+                    "address": {
+                        **_STR,
+                        "description": "what clients use: http://{id}-{port}.{domain}[:port]"
+                        " or tcp://host:port, udp://host:port",
+                    },
                 }
             ),
         },
@@ -130,7 +135,9 @@ _VIEW = {"description": "the container", **_json(_ref("ContainerView"))}
 _NOT_FOUND = _error("container_not_found: no such container, or another tenant's")
 _NOT_CONFIGURED = _error("containers_not_configured: guard.yaml has no containers.listener")
 _WAIT_ERRORS = {
-    "503": _error("instance_start_failed (with `container`) | driver_unavailable"),
+    "503": _error(
+        "instance_start_failed (with `container`) | driver_unavailable | ports_exhausted"
+    ),
     "504": _error("wake_timeout: not ready within the timeout (with `container`)"),
 }
 
@@ -175,10 +182,13 @@ def paths(auth_errors: dict[str, Any]) -> dict[str, Any]:
                 "responses": {
                     "201": _VIEW,
                     "400": _error("invalid_request, with one `errors` line per problem"),
-                    "409": _NOT_CONFIGURED,
+                    "409": _error(
+                        "containers_not_configured: no containers.listener, or a tcp/udp port"
+                        " without containers.tcp_ports"
+                    ),
                     "413": _error("body over 1 MiB"),
                     "429": _error("quota_exceeded: the tenant's quota, named in the message"),
-                    "501": _error("not_implemented: tcp/udp ports, several http ports"),
+                    "501": _error("not_implemented: more than one port"),
                     **_WAIT_ERRORS,
                     **auth_errors,
                 },

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import math
 import secrets
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
@@ -48,6 +49,7 @@ class PortSpec:
     name: str
     protocol: str  # http | tcp | udp
     internal_port: int
+    public_port: int | None = None  # tcp/udp: the listener's port, from containers.tcp_ports
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +113,9 @@ def container_route(record: ContainerRecord) -> ContainerRoute:
         wake_timeout=WAKE_TIMEOUT,
         queue=QUEUE,
         accepting=not record.deleting,
+        l4_ports=tuple(
+            (p.protocol, p.public_port) for p in record.ports if p.public_port is not None
+        ),
     )
 
 
@@ -205,6 +210,28 @@ class ContainerManager:
         except DriverError:
             return
         self._last_logs[inst.key] = out[-KEPT_LOGS:]
+
+    def allocate_port(self, protocol: str) -> int | None:
+        """A port of ``containers.tcp_ports`` no container has and that binds now on the
+        containers listener's host; None when there is none left."""
+        config = self.plane.config
+        span = config.containers.tcp_ports
+        listener = config.listeners.get(config.containers.listener or "")
+        if span is None or listener is None:
+            return None
+        used = {p.public_port for r in self.state.containers() for p in r.ports}
+        kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
+        family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
+        for port in range(span[0], span[1] + 1):
+            if port in used:
+                continue
+            with socket.socket(family, kind) as probe:
+                try:
+                    probe.bind((listener.host, port))
+                except OSError:
+                    continue  # something else has it
+            return port
+        return None
 
     def last_failure(self, container_id: str) -> WakeFailure | None:
         return self._failures.get(container_id)

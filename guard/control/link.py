@@ -124,7 +124,15 @@ def encode_containers(update: ContainerUpdate) -> bytes:
             "t": "containers",
             "reset": update.reset,
             "upsert": [
-                [c.id, c.service, list(c.http_ports), c.wake_timeout, c.queue, c.accepting]
+                [
+                    c.id,
+                    c.service,
+                    list(c.http_ports),
+                    c.wake_timeout,
+                    c.queue,
+                    c.accepting,
+                    [list(p) for p in c.l4_ports],
+                ]
                 for c in update.upsert
             ],
             "remove": list(update.remove),
@@ -136,8 +144,16 @@ def decode_containers(doc: dict[str, Any]) -> ContainerUpdate:
     return ContainerUpdate(
         reset=bool(doc["reset"]),
         upsert=tuple(
-            ContainerRoute(str(i), str(s), tuple(str(p) for p in ports), float(w), int(q), bool(a))
-            for i, s, ports, w, q, a in doc["upsert"]
+            ContainerRoute(
+                str(i),
+                str(s),
+                tuple(str(p) for p in ports),
+                float(w),
+                int(q),
+                bool(a),
+                tuple((str(proto), int(port)) for proto, port in l4),
+            )
+            for i, s, ports, w, q, a, l4 in doc["upsert"]
         ),
         remove=tuple(str(i) for i in doc["remove"]),
     )

@@ -84,6 +84,8 @@ class ContainerRoute:
     wake_timeout: float
     queue: int
     accepting: bool = True
+    # (protocol, port) of each tcp/udp port: a listener on the containers listener's host.
+    l4_ports: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

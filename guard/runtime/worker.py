@@ -412,6 +412,7 @@ class Worker:
         self.draining = True
         for server in self.servers:
             server.close()
+        self.api_containers.stop()
         for ctx in self.contexts.values():
             ctx.draining = True
             for conn in list(ctx.connections):
@@ -431,6 +432,7 @@ class Worker:
                         conn.transport.abort()  # type: ignore[attr-defined]
                 break
             await asyncio.sleep(0.02)
+        self.api_containers.close()
         for svc in self.services.values():
             svc.close()
         self.stopped = True

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from guard.config.model import ContainersConfig, ScaleConfig, ServiceConfig
 from guard.control.messages import ContainerRoute, ContainerUpdate, LoadReport
 from guard.routing.containers import ContainerAwareTable, ContainerDirectory
+from guard.upstream.container_listeners import ContainerListener
 from guard.upstream.container_service import ContainerService
 
 if TYPE_CHECKING:
@@ -57,6 +58,9 @@ class ApiContainers:
         )
         self.services: dict[str, ContainerService] = {}  # by service name
         self._service_of: dict[str, str] = {}  # container id -> service name
+        self._listeners: dict[str, list[ContainerListener]] = {}  # its tcp/udp ports
+        lc = worker.config.listeners.get(config.listener or "")
+        self._host = lc.host if lc is not None else "127.0.0.1"
         self._link = _WorkerLink(worker)
 
     def wrap(self, tables: dict[str, HttpRouteTable[ContainerService]]) -> None:
@@ -93,7 +97,9 @@ class ApiContainers:
                 self.services[route.service] = added[route.service] = svc
             else:
                 svc.configure(cfg)
+            svc.fixed_key = route.id
             self._service_of[route.id] = route.service
+            self._listen(route, svc)
             self.directory.put(
                 route.id, route.service, svc, route.http_ports, accepting=route.accepting
             )
@@ -101,7 +107,32 @@ class ApiContainers:
             removed.extend(self._remove(container_id))
         return added, removed
 
+    def _listen(self, route: ContainerRoute, svc: ContainerService) -> None:
+        """Its tcp/udp ports listen while it accepts work; a delete first stops them."""
+        have = self._listeners.get(route.id)
+        if not route.accepting:
+            for listener in have or ():
+                listener.stop()
+        elif have is None and route.l4_ports:
+            self._listeners[route.id] = [
+                ContainerListener(self.worker, self._host, protocol, port, svc)
+                for protocol, port in route.l4_ports
+            ]
+
+    def stop(self) -> None:
+        """Draining: the tcp/udp ports take nothing new."""
+        for listeners in self._listeners.values():
+            for listener in listeners:
+                listener.stop()
+
+    def close(self) -> None:
+        for container_id in list(self._listeners):
+            for listener in self._listeners.pop(container_id):
+                listener.close()
+
     def _remove(self, container_id: str) -> list[ContainerService]:
+        for listener in self._listeners.pop(container_id, ()):
+            listener.close()
         self.directory.remove(container_id)
         name = self._service_of.pop(container_id, None)
         svc = self.services.pop(name, None) if name is not None else None

@@ -103,6 +103,9 @@ class ContainerService:
         self._seq = 0
         self.rejected = 0  # queue_full answers, for metrics
         self.closed = False
+        # The key of work that names none (a tcp/udp listener of one API container): its
+        # service is per-key with this one key.
+        self.fixed_key: str | None = None
         self.configure(config)
 
     def configure(self, config: ServiceConfig) -> None:
@@ -126,6 +129,8 @@ class ContainerService:
         """The instance key of a request to a per-key service (None for others)."""
         if not self.per_key:
             return None
+        if self.fixed_key is not None:
+            return self.fixed_key
         key: str | None = captured
         wanted = self._key_header
         if wanted is not None:
@@ -147,6 +152,8 @@ class ContainerService:
         if self._held_count and key is None:
             return None  # first come, first served: held work goes before new arrivals
         if self.per_key:
+            if key is None:
+                key = self.fixed_key
             inst = self._by_key.get(key) if key is not None else None
             if inst is None:
                 return None
