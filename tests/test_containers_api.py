@@ -354,6 +354,8 @@ def test_openapi_documents_the_container_endpoints(api: Api) -> None:
         ("/v1/containers/{id}/stop", {"post"}),
         ("/v1/containers/{id}/start", {"post"}),
         ("/v1/containers/{id}/logs", {"get"}),
+        ("/v1/containers/{id}/upgrade", {"post"}),
+        ("/v1/containers/upgrade", {"post"}),
     ):
         assert methods <= set(doc["paths"][path]), path
     schemas = doc["components"]["schemas"]
@@ -365,9 +367,10 @@ def test_openapi_documents_the_container_endpoints(api: Api) -> None:
     ports = view["properties"]["ports"]["additionalProperties"]["properties"]
     assert set(made["ports"]["http"]) == set(ports)
     # And the request schema names exactly the fields the validator takes.
-    from guard.admin.container_body import FIELDS
+    from guard.admin.container_body import FIELDS, UPGRADE_FIELDS
 
     assert set(schemas["Container"]["properties"]) == set(FIELDS)
+    assert set(schemas["ContainerUpgrade"]["properties"]) == set(UPGRADE_FIELDS)
 
 
 # ------------------------------------------------------------------------------ logs
@@ -497,3 +500,99 @@ def test_tcp_ports_need_a_range(api: Api) -> None:
     )
     assert_guard_error(r, 409, "containers_not_configured")
     assert "containers.tcp_ports" in r.json()["message"]
+
+
+# ------------------------------------------------------------------------------ upgrades
+
+
+class Traffic:
+    """Requests to one container, one after another, until stopped: every answer kept."""
+
+    def __init__(self, api: Api, cid: str) -> None:
+        self.api = api
+        self.cid = cid
+        self.answers: list[tuple[int, str | None]] = []
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopped.is_set():
+            r = self.api.through(self.cid)
+            self.answers.append((r.status, r.header("x-demo-port")))
+
+    def stop(self) -> list[tuple[int, str | None]]:
+        self.stopped.set()
+        self.thread.join()
+        return self.answers
+
+
+def _slow(api: Api, cid: str, out: list[Resp]) -> threading.Thread:
+    t = threading.Thread(target=lambda: out.append(api.through(cid, "/slow?delay=1.5")))
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("strategy", ["rolling", "immediate"])
+def test_upgrade_one(api: Api, strategy: str) -> None:
+    cid = api.create(env={"PYTHONPATH": str(REPO), "V": "1"}, query="?wait_ready=true")["id"]
+    old_port = api.through(cid).header("x-demo-port")
+    slow: list[Resp] = []
+    in_flight = _slow(api, cid, slow)
+    time.sleep(0.3)  # the slow request is on the old instance
+    traffic = Traffic(api, cid) if strategy == "rolling" else None
+    body = {"env": {"PYTHONPATH": str(REPO), "V": "2"}, "strategy": strategy}
+    r = api("POST", f"/v1/containers/{cid}/upgrade", body=body)
+    assert r.status == 200, r.body
+    assert r.json()["env"]["V"] == "2" and r.json()["state"] == "running"
+    new_port = api.through(cid).header("x-demo-port")
+    assert new_port != old_port
+    in_flight.join()
+    # In-flight work finished on the old instance.
+    assert slow[0].status == 200 and slow[0].header("x-demo-port") == old_port
+    if traffic is not None:
+        time.sleep(0.3)
+        answers = traffic.stop()
+        # Rolling: not one request failed, and the new instance took over.
+        assert all(status == 200 for status, _ in answers), answers
+        assert answers[-1][1] == new_port
+    wait_for(lambda: api.get(cid).json()["instance"]["state"] == "ready", 10, "old one gone")
+
+
+def test_failed_rolling_upgrade_keeps_the_old_instance(api: Api) -> None:
+    cid = api.create(query="?wait_ready=true")["id"]
+    old_port = api.through(cid).header("x-demo-port")
+    r = api("POST", f"/v1/containers/{cid}/upgrade", body={"command": ["/bin/false"]})
+    assert_guard_error(r, 503, "instance_start_failed")
+    served = api.through(cid)
+    assert served.status == 200 and served.header("x-demo-port") == old_port
+    bad = api("POST", f"/v1/containers/{cid}/upgrade", body={"image": "busybox"})
+    assert_guard_error(bad, 400, "invalid_request")
+    assert_guard_error(
+        api("POST", f"/v1/containers/{cid}/upgrade", body={"strategy": "fast"}),
+        400,
+        "invalid_request",
+    )
+
+
+def test_upgrade_by_tag_selector(api: Api) -> None:
+    xs = [api.create(tags={"team": "x"}, query="?wait_ready=true")["id"] for _ in range(3)]
+    y = api.create(tags={"team": "y"}, query="?wait_ready=true")["id"]
+    mine = api.create(TOKEN_A, tags={"team": "x"}, query="?wait_ready=true")["id"]
+    before = {c: api.through(c).header("x-demo-port") for c in [*xs, y, mine]}
+    body = {
+        "selector": {"team": "x"},
+        "env": {"PYTHONPATH": str(REPO), "V": "2"},
+        "strategy": {"rolling": {"max_unavailable": 2}},
+    }
+    # A tenant's selector reaches only its own containers.
+    r = api("POST", "/v1/containers/upgrade", TOKEN_B, body)
+    assert r.status == 200 and r.json() == {"upgraded": [], "failed": [], "skipped": []}
+    r = api("POST", "/v1/containers/upgrade", STAR, body)
+    assert r.status == 200, r.body
+    assert r.json() == {"upgraded": [*xs, mine], "failed": [], "skipped": []}
+    for c in [*xs, mine]:
+        assert api.get(c).json()["env"]["V"] == "2"
+        assert api.through(c).header("x-demo-port") != before[c]
+    assert api.through(y).header("x-demo-port") == before[y]
+    assert "V" not in api.get(y).json()["env"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from guard.config import units
@@ -75,17 +75,8 @@ def parse_body(body: bytes, drivers: DriversConfig) -> ContainerRequest:
     if doc is None:
         raise BodyErrors(["the body must be a JSON object"])
 
-    image = doc.get("image")
-    if image is not None and (not isinstance(image, str) or not image.strip()):
-        errors.append("image: must be a non-empty string")
-        image = None
-    command: tuple[str, ...] = ()
-    if "command" in doc:
-        raw = doc["command"]
-        if not isinstance(raw, list) or not raw or not all(isinstance(a, str) for a in raw):
-            errors.append("command: must be a non-empty list of strings")
-        else:
-            command = tuple(raw)
+    image, given = _image_and_command(errors, doc)
+    command = given or ()
     if "image" not in doc and "command" not in doc:
         errors.append("image: one of image (a docker image) or command (a process) is required")
     driver = "docker" if image is not None else "process"
@@ -94,20 +85,7 @@ def parse_body(body: bytes, drivers: DriversConfig) -> ContainerRequest:
     elif image is None and command and drivers.process is None:
         errors.append("command: this Guard has no process driver (drivers.process in guard.yaml)")
 
-    env: list[tuple[str, str]] = []
-    if "env" in doc:
-        raw_env = _object(errors, "env", doc["env"], None)
-        if len(raw_env) > MAX_ENV:
-            errors.append(f"env: at most {MAX_ENV} variables")
-        for k, v in raw_env.items():
-            if not ENV_NAME.fullmatch(k):
-                errors.append(f"env.{k}: must be an environment variable name")
-            elif not isinstance(v, str):
-                errors.append(f"env.{k}: must be a string")
-            elif "\0" in v:
-                errors.append(f"env.{k}: must not contain NUL")
-            else:
-                env.append((k, v))
+    env = _env(errors, doc["env"]) if "env" in doc else []
 
     resources = Resources()
     if "resources" in doc:
@@ -198,3 +176,107 @@ def parse_body(body: bytes, drivers: DriversConfig) -> ContainerRequest:
         stop_timeout=STOP_TIMEOUT,
     )
     return ContainerRequest(spec, tuple(ports), tuple(sorted(tags)), group, lifecycle)
+
+
+UPGRADE_FIELDS = ("image", "command", "env", "strategy")
+
+
+@dataclass(frozen=True, slots=True)
+class UpgradeRequest:
+    image: str | None
+    command: tuple[str, ...] | None  # None: keep
+    env: tuple[tuple[str, str], ...] | None  # None: keep
+    rolling: bool
+    max_unavailable: int
+    selector: tuple[tuple[str, str], ...]  # bulk upgrades: tags every container must have
+
+    def apply(self, spec: ContainerSpec) -> ContainerSpec:
+        return replace(
+            spec,
+            image=self.image if self.image is not None else spec.image,
+            command=self.command if self.command is not None else spec.command,
+            env=self.env if self.env is not None else spec.env,
+        )
+
+
+def parse_upgrade(body: bytes, *, bulk: bool) -> UpgradeRequest:
+    """``{image?, command?, env?, strategy?}`` (and ``selector`` for a bulk upgrade).
+    ``strategy``: ``"immediate"``, ``"rolling"`` or ``{"rolling": {"max_unavailable": N}}``
+    (the default: rolling, one at a time)."""
+    try:
+        doc = json.loads(body) if body.strip() else None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BodyErrors([f"the body is not JSON: {e}"]) from None
+    if not isinstance(doc, dict):
+        raise BodyErrors(["the body must be a JSON object"])
+    errors: list[str] = []
+    allowed = (*UPGRADE_FIELDS, "selector") if bulk else UPGRADE_FIELDS
+    _object(errors, "", doc, allowed)
+    if not any(k in doc for k in ("image", "command", "env")):
+        errors.append("image: give what changes: image, command or env")
+    image, command = _image_and_command(errors, doc)
+    env = None
+    if "env" in doc:
+        env = tuple(_env(errors, doc["env"]))
+    rolling, max_unavailable = True, 1
+    strategy = doc.get("strategy", "rolling")
+    if strategy == "immediate":
+        rolling = False
+    elif isinstance(strategy, dict):
+        inner = _object(errors, "strategy", strategy, ("rolling",))
+        roll = _object(errors, "strategy.rolling", inner.get("rolling", {}), ("max_unavailable",))
+        n = roll.get("max_unavailable", 1)
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            errors.append("strategy.rolling.max_unavailable: must be a whole number from 1")
+        else:
+            max_unavailable = n
+    elif strategy != "rolling":
+        errors.append('strategy: must be "immediate", "rolling" or {"rolling": {...}}')
+    selector: list[tuple[str, str]] = []
+    if bulk:
+        raw_sel = _object(errors, "selector", doc.get("selector"), None)
+        if not raw_sel:
+            errors.append("selector: the tags (at least one) of the containers to upgrade")
+        for k, v in raw_sel.items():
+            if not isinstance(v, str):
+                errors.append(f"selector.{k}: must be a string")
+            else:
+                selector.append((k, v))
+    if errors:
+        raise BodyErrors(errors)
+    return UpgradeRequest(image, command, env, rolling, max_unavailable, tuple(sorted(selector)))
+
+
+def _image_and_command(
+    errors: list[str], doc: dict[str, Any]
+) -> tuple[str | None, tuple[str, ...] | None]:
+    """``image`` (None if absent or bad) and ``command`` (None if absent or bad)."""
+    image = doc.get("image")
+    if image is not None and (not isinstance(image, str) or not image.strip()):
+        errors.append("image: must be a non-empty string")
+        image = None
+    command: tuple[str, ...] | None = None
+    if "command" in doc:
+        raw = doc["command"]
+        if not isinstance(raw, list) or not raw or not all(isinstance(a, str) for a in raw):
+            errors.append("command: must be a non-empty list of strings")
+        else:
+            command = tuple(raw)
+    return image, command
+
+
+def _env(errors: list[str], raw: Any) -> list[tuple[str, str]]:
+    env: list[tuple[str, str]] = []
+    raw_env = _object(errors, "env", raw, None)
+    if len(raw_env) > MAX_ENV:
+        errors.append(f"env: at most {MAX_ENV} variables")
+    for k, v in raw_env.items():
+        if not ENV_NAME.fullmatch(k):
+            errors.append(f"env.{k}: must be an environment variable name")
+        elif not isinstance(v, str):
+            errors.append(f"env.{k}: must be a string")
+        elif "\0" in v:
+            errors.append(f"env.{k}: must not contain NUL")
+        else:
+            env.append((k, v))
+    return env

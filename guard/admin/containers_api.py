@@ -26,7 +26,7 @@ from urllib.parse import parse_qsl
 
 from guard.admin.answers import Answer, error_answer, json_answer
 from guard.admin.auth import Caller
-from guard.admin.container_body import BodyErrors, parse_body
+from guard.admin.container_body import BodyErrors, UpgradeRequest, parse_body, parse_upgrade
 from guard.config import units
 from guard.config.model import GuardConfig, ReadyProbe
 from guard.control.containers import (
@@ -113,6 +113,7 @@ class ContainersApi:
         self.plane = plane
         self.tenants = tenants
         self._create_lock = asyncio.Lock()  # the quota check and the create, together
+        self._upgrading: set[str] = set()  # container ids with an upgrade under way
         listener = config.listeners.get(config.containers.listener or "")
         self._scheme = "https" if listener is not None and listener.protocol == "https" else "http"
         default_port = 443 if self._scheme == "https" else 80
@@ -153,6 +154,10 @@ class ContainersApi:
             if method == "POST":
                 return await self._create(plane, caller, query, body)
             return _not_allowed("/v1/containers", "GET, HEAD, POST")
+        if rest == ["upgrade"]:
+            if method != "POST":
+                return _not_allowed("/v1/containers/upgrade", "POST")
+            return await self._upgrade_many(plane, caller, query, body)
         record = self._find(plane, caller, rest[0])
         if len(rest) == 1:
             if method in ("GET", "HEAD"):
@@ -164,6 +169,10 @@ class ContainersApi:
                 return json_answer(200, {"id": record.id, "state": "deleted"})
             return _not_allowed(f"/v1/containers/{record.id}", "GET, HEAD, DELETE")
         action = rest[1]
+        if len(rest) == 2 and action == "upgrade":
+            if method != "POST":
+                return _not_allowed(f"/v1/containers/{record.id}/upgrade", "POST")
+            return await self._upgrade_one(plane, record, query, body)
         if len(rest) == 2 and action == "logs":
             if method not in ("GET", "HEAD"):
                 return _not_allowed(f"/v1/containers/{record.id}/logs", "GET, HEAD")
@@ -357,6 +366,119 @@ class ContainersApi:
             page.append(self.view(plane, r))
         next_cursor = page[-1]["id"] if more and page else None
         return json_answer(200, {"containers": page, "next": next_cursor})
+
+    # ------------------------------------------------------------------ upgrades
+    def _upgrade_request(
+        self, query: str, body: bytes, *, bulk: bool
+    ) -> tuple[UpgradeRequest, float]:
+        timeout = _timeout(_params(query, frozenset({"timeout"})), WAKE_TIMEOUT)
+        try:
+            return parse_upgrade(body, bulk=bulk), timeout or WAKE_TIMEOUT
+        except BodyErrors as e:
+            raise _Refused(
+                error_answer(
+                    400, "invalid_request", f"the upgrade is not valid: {e}", errors=e.errors
+                )
+            ) from None
+
+    @staticmethod
+    def _driver_change(record: ContainerRecord, req: UpgradeRequest) -> str | None:
+        if req.image is not None and record.spec.driver != "docker":
+            return (
+                f"image: container {record.id} runs a command on the process driver; an image"
+                " needs a new container"
+            )
+        return None
+
+    async def _upgrade(
+        self, plane: ControlPlane, record: ContainerRecord, req: UpgradeRequest, timeout: float
+    ) -> ContainerRecord:
+        self._upgrading.add(record.id)
+        try:
+            return await plane.containers.upgrade(
+                record, req.apply(record.spec), rolling=req.rolling, timeout=timeout
+            )
+        finally:
+            self._upgrading.discard(record.id)
+
+    def _busy(self, record: ContainerRecord) -> Answer:
+        return error_answer(
+            409, "upgrade_in_progress", f"container {record.id} is being upgraded already"
+        )
+
+    async def _upgrade_one(
+        self, plane: ControlPlane, record: ContainerRecord, query: str, body: bytes
+    ) -> Answer:
+        req, timeout = self._upgrade_request(query, body, bulk=False)
+        problem = self._driver_change(record, req)
+        if problem is not None:
+            raise _bad(problem)
+        if record.id in self._upgrading:
+            return self._busy(record)
+        try:
+            record = await self._upgrade(plane, record, req, timeout)
+        except StartFailed as e:
+            current = plane.containers.get(record.id) or record
+            return error_answer(
+                504 if e.code == "wake_timeout" else 503,
+                e.code,
+                f"container {record.id}: the upgrade's new instance is not ready: {e}",
+                container=self.view(plane, current),
+            )
+        return json_answer(200, self.view(plane, record))
+
+    async def _upgrade_many(
+        self, plane: ControlPlane, caller: Caller, query: str, body: bytes
+    ) -> Answer:
+        req, timeout = self._upgrade_request(query, body, bulk=True)
+        chosen = [
+            r
+            for r in plane.containers.records()
+            if not r.deleting
+            and (caller.all or r.tenant == caller.tenant)
+            and all(t in r.tags for t in req.selector)
+        ]
+        problems = [p for r in chosen if (p := self._driver_change(r, req)) is not None]
+        if problems:
+            raise _Refused(
+                error_answer(
+                    400, "invalid_request", "some containers cannot take it", errors=problems
+                )
+            )
+        busy = [r for r in chosen if r.id in self._upgrading]
+        if busy:
+            return self._busy(busy[0])
+        # Immediate: all at once. Rolling: max_unavailable at a time, and none started
+        # after a failure (what failed keeps its old instance serving).
+        gate = asyncio.Semaphore(len(chosen) if not req.rolling else req.max_unavailable)
+        upgraded: list[str] = []
+        failed: list[dict[str, str]] = []
+        skipped: list[str] = []
+
+        async def one(record: ContainerRecord) -> None:
+            async with gate:
+                if failed and req.rolling:
+                    skipped.append(record.id)
+                    return
+                try:
+                    await self._upgrade(plane, record, req, timeout)
+                except StartFailed as e:
+                    failed.append({"id": record.id, "error": e.code, "message": str(e)})
+                else:
+                    upgraded.append(record.id)
+
+        await asyncio.gather(*(one(r) for r in chosen))
+        order = {r.id: i for i, r in enumerate(chosen)}
+        doc = {
+            "upgraded": sorted(upgraded, key=order.__getitem__),
+            "failed": sorted(failed, key=lambda f: order[f["id"]]),
+            "skipped": sorted(skipped, key=order.__getitem__),
+        }
+        if failed:
+            return error_answer(
+                503, "upgrade_failed", f"{len(failed)} of {len(chosen)} upgrades failed", **doc
+            )
+        return json_answer(200, doc)
 
     async def _logs(self, plane: ControlPlane, record: ContainerRecord, query: str) -> Answer:
         pairs = _params(query, frozenset({"tail", "follow"}))

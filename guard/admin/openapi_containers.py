@@ -123,7 +123,50 @@ CONTAINER_VIEW = _obj(
     ("id", "tenant", "state", "ports"),
 )
 
-SCHEMAS = {"Container": CONTAINER, "ContainerView": CONTAINER_VIEW}
+_STRATEGY = {
+    "oneOf": [
+        {"enum": ["immediate", "rolling"]},
+        _obj(
+            {"rolling": _obj({"max_unavailable": {"type": "integer", "minimum": 1, "default": 1}})},
+            ("rolling",),
+        ),
+    ],
+    "default": "rolling",
+    "description": "rolling: a new instance starts beside the old one, takes new requests"
+    " once ready, then the old one drains (in-flight requests finish on it); with a"
+    " selector, max_unavailable containers at a time. immediate: the old instance drains"
+    " and a new one starts at once, requests in between held",
+}
+_CHANGE = {
+    "image": _STR,
+    "command": {"type": "array", "items": _STR, "minItems": 1},
+    "env": {**_STR_MAP, "description": "replaces the whole environment"},
+    "strategy": _STRATEGY,
+}
+UPGRADE = _obj(_CHANGE)
+UPGRADE_MANY = _obj(
+    {**_CHANGE, "selector": {**_STR_MAP, "description": "tags every container must have"}},
+    ("selector",),
+)
+UPGRADE_RESULT = _obj(
+    {
+        "upgraded": {"type": "array", "items": _STR},
+        "failed": {
+            "type": "array",
+            "items": _obj({"id": _STR, "error": _STR, "message": _STR}),
+        },
+        "skipped": {"type": "array", "items": _STR},
+    },
+    ("upgraded", "failed", "skipped"),
+)
+
+SCHEMAS = {
+    "Container": CONTAINER,
+    "ContainerView": CONTAINER_VIEW,
+    "ContainerUpgrade": UPGRADE,
+    "ContainersUpgrade": UPGRADE_MANY,
+    "UpgradeResult": UPGRADE_RESULT,
+}
 
 _ID = {"name": "id", "in": "path", "required": True, "schema": _STR}
 _WAIT = [
@@ -219,6 +262,39 @@ def paths(auth_errors: dict[str, Any]) -> dict[str, Any]:
                 "summary": "drain and stop its instance; a request to its address wakes it",
                 "parameters": _TIMEOUT,
                 "responses": {"200": _VIEW, "404": _NOT_FOUND, **auth_errors},
+            },
+        },
+        "/v1/containers/upgrade": {
+            "post": {
+                "summary": "upgrade every container (of the caller's) with the selector's tags",
+                "parameters": [_query("timeout", _STR, "per container, for its new instance")],
+                "requestBody": {"required": True, **_json(_ref("ContainersUpgrade"))},
+                "responses": {
+                    "200": {"description": "all upgraded", **_json(_ref("UpgradeResult"))},
+                    "400": _error("invalid_request, with one `errors` line per problem"),
+                    "409": _error("upgrade_in_progress"),
+                    "503": _error(
+                        "upgrade_failed: `upgraded`, `failed` and (rolling: not tried after"
+                        " a failure) `skipped` ids; what failed keeps its old instance"
+                    ),
+                    **auth_errors,
+                },
+            },
+        },
+        "/v1/containers/{id}/upgrade": {
+            "parameters": [_ID],
+            "post": {
+                "summary": "replace its image, command or env",
+                "parameters": [_query("timeout", _STR, "how long the new instance may take")],
+                "requestBody": {"required": True, **_json(_ref("ContainerUpgrade"))},
+                "responses": {
+                    "200": _VIEW,
+                    "400": _error("invalid_request"),
+                    "404": _NOT_FOUND,
+                    "409": _error("upgrade_in_progress"),
+                    **_WAIT_ERRORS,
+                    **auth_errors,
+                },
             },
         },
         "/v1/containers/{id}/logs": {

@@ -324,6 +324,47 @@ class ContainerManager:
         plane.forget(record.service)
         plane.event("container_deleted", None, service=record.service, tenant=record.tenant)
 
+    async def upgrade(
+        self, record: ContainerRecord, spec: ContainerSpec, *, rolling: bool, timeout: float
+    ) -> ContainerRecord:
+        """Run ``spec`` from now on. ``rolling``: a new instance starts beside the running
+        one and takes new requests once ready, then the old one drains (in-flight requests
+        finish on it) and stops; if the new one fails, the old one keeps serving
+        (``StartFailed``; the record keeps the new spec for the next wake). Not rolling
+        (immediate): the old instance drains and stops at once and a new one starts, the
+        requests in between held. An asleep container just wakes with the new spec."""
+        ctl = self.plane.controllers.get(record.service)
+        record = replace(record, spec=spec)
+        self.state.put_container(record)
+        if ctl is None:
+            return record
+        running = ctl.instances(Phase.STARTING, Phase.READY)
+        ctl.configure(service_config(record), retire=not rolling)
+        if not running:
+            return record
+        self.plane.event("container_upgrade", None, service=record.service, rolling=rolling)
+        self._failures.pop(record.id, None)
+        if not rolling:
+            ctl.wake(record.id, 1)
+            await self.wait_ready(record, timeout)
+            return record
+        new = ctl.start_instance(record.id, "upgrade")
+        deadline = self.plane.loop.time() + timeout
+        while new.phase is Phase.STARTING:
+            if self.plane.loop.time() >= deadline:
+                ctl.retire(new, "upgrade timed out")
+                raise StartFailed("wake_timeout", f"the new instance was not ready in {timeout:g}s")
+            await asyncio.sleep(_POLL)
+        if new.phase is not Phase.READY:
+            failure = self._failures.get(record.id)
+            raise StartFailed(
+                failure.code if failure else "instance_start_failed",
+                failure.message if failure else new.exit_reason or "the new instance stopped",
+            )
+        for inst in running:
+            ctl.retire(inst, "upgraded")
+        return record
+
     # ------------------------------------------------------------ from the plane
     def on_failure(self, failure: WakeFailure) -> None:
         if failure.key is not None and failure.service == service_name(failure.key):

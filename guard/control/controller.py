@@ -106,7 +106,9 @@ class ServiceController:
         self.closing = False
         self.configure(config)
 
-    def configure(self, config: ServiceConfig) -> None:
+    def configure(self, config: ServiceConfig, *, retire: bool = True) -> None:
+        """Apply a (new) config. A changed container spec retires the instances of the old
+        one, unless ``retire`` is False (the caller replaces them itself: upgrades)."""
         assert config.container is not None
         old = getattr(self, "config", None)
         self.name = config.name
@@ -116,7 +118,7 @@ class ServiceController:
         self.window = SampleWindow.for_scale(self.scale)
         if self.scale.target_cpu is not None:
             self.cpu_window = SampleWindow.for_scale(self.scale)
-        if old is not None and old.container != config.container:
+        if retire and old is not None and old.container != config.container:
             # A new image/command/env: instances of the old spec drain and stop; the next
             # wake (or the autoscaler, for min > 0) starts instances of the new one.
             for inst in self.instances():
@@ -173,6 +175,10 @@ class ServiceController:
             self._kpa = replace(self._kpa, delay_record=record)
         for _ in range(want - active):
             self._start(None, "wake")
+
+    def start_instance(self, key: str | None, why: str) -> Instance:
+        """Start one more instance now, whatever the load (an upgrade's replacement)."""
+        return self._start(key, why)
 
     def _start(self, key: str | None, why: str) -> Instance:
         now = self.loop.time()

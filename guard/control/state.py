@@ -97,7 +97,11 @@ class MemoryState(ControlState):
         self._instances[inst.id] = inst
         self._by_service.setdefault(inst.service, {})[inst.id] = inst
         if inst.key is not None:
-            self._owners[(inst.service, inst.key)] = inst.id
+            owner = (inst.service, inst.key)
+            # A starting or ready instance owns its key; one going away only keeps what it
+            # owned (its successor, started while it drains, owns the key from its start).
+            if inst.phase in (Phase.STARTING, Phase.READY) or owner not in self._owners:
+                self._owners[owner] = inst.id
 
     def get(self, instance_id: str) -> Instance | None:
         return self._instances.get(instance_id)
