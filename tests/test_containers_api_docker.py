@@ -20,7 +20,7 @@ import pytest
 
 from guard.drivers.docker import LABEL_ID, LABEL_INSTANCE
 from tests import test_docker_driver
-from tests.helpers import assert_guard_error
+from tests.helpers import assert_guard_error, wait_for
 from tests.test_admin_api import STAR, TOKEN_A, token_env
 from tests.test_containers_api import Api, start_api
 from tests.test_containers_docker import SERVE
@@ -124,3 +124,21 @@ def test_wait_ready_reports_a_missing_image(tmp_path: Path, token_env: None, gua
         r = api("POST", "/v1/containers?wait_ready=true", STAR, body)
         assert_guard_error(r, 503, "instance_start_failed")
         assert "guard-test-no-such-image" in r.json()["message"]
+
+
+def test_rolling_upgrade_on_docker(tmp_path: Path, token_env: None, guard_id: str) -> None:
+    drivers = {"docker": {"network": "host", "socket": SOCKET, "guard_id": guard_id}}
+    admin, ctx = start_api(tmp_path, extra={"drivers": drivers})
+    with ctx as g:
+        api = Api(g, admin)
+        body = {"image": IMAGE, "command": CHATTY, "ports": {"web": {"internal_port": 8080}}}
+        r = api("POST", "/v1/containers?wait_ready=true", STAR, body)
+        assert r.status == 201, r.body
+        cid = r.json()["id"]
+        [old] = daemon_containers(guard_id, cid)
+        r = api("POST", f"/v1/containers/{cid}/upgrade", STAR, {"env": {"V": "2"}})
+        assert r.status == 200, r.body
+        assert api.through(cid, port="web").status == 200
+        wait_for(lambda: len(daemon_containers(guard_id, cid)) == 1, 20, "the old one removed")
+        [new] = daemon_containers(guard_id, cid)
+        assert new["Id"] != old["Id"] and "V=2" in new["Config"]["Env"]

@@ -41,6 +41,7 @@ WAKE_TIMEOUT = 60.0  # a held request, or ?wait_ready, waits this long for a fir
 QUEUE = 1000
 CHUNK = 500  # container routes per message to a newly attached worker (the link's line bound)
 _POLL = 0.01
+APPLY_TIMEOUT = 2.0  # how long a change waits for the workers to apply it
 KEPT_LOGS = 256 * 1024  # bytes of a stopped instance's output kept for GET .../logs
 
 
@@ -251,7 +252,8 @@ class ContainerManager:
         ctl = ServiceController(service_config(record), driver, self.state, plane, loop=plane.loop)
         plane.controllers[record.service] = ctl
         self._broadcast(ContainerUpdate(False, (container_route(record),)))
-        plane.publish(record.service)
+        # Its address works in every worker before the answer says it exists.
+        await self._until_applied(record.service, plane.publish(record.service))
         plane.event("container_created", None, service=record.service, tenant=record.tenant)
         self.start(record)
 
@@ -307,8 +309,9 @@ class ContainerManager:
         record = replace(record, deleting=True)
         self.state.put_container(record)
         # Still routed (workers keep reporting its in-flight work, so the drain can end),
-        # but new requests get container_not_found.
+        # but new requests get container_not_found, in every worker before it stops.
         self._broadcast(ContainerUpdate(False, (container_route(record),)))
+        await self._until_applied(record.service, plane.publish(record.service))
         ctl = plane.controllers.get(record.service)
         if ctl is not None:
             for inst in ctl.instances(Phase.STARTING, Phase.READY):
@@ -394,6 +397,12 @@ class ContainerManager:
         for i in range(CHUNK, len(routes), CHUNK):
             updates.append(ContainerUpdate(False, tuple(routes[i : i + CHUNK])))
         return updates
+
+    async def _until_applied(self, service: str, seq: int) -> None:
+        """Until every worker applied ``seq`` (bounded: a stuck worker does not stop us)."""
+        deadline = self.plane.loop.time() + APPLY_TIMEOUT
+        while not self.plane.applied(service, seq) and self.plane.loop.time() < deadline:
+            await asyncio.sleep(_POLL / 2)
 
     def _broadcast(self, update: ContainerUpdate) -> None:
         self.plane.send_containers(update)

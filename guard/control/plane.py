@@ -259,6 +259,14 @@ class ControlPlane:
         self._served.pop(service, None)
         self._seq.pop(service, None)
 
+    def applied(self, service: str, seq: int) -> bool:
+        """True once every worker has applied publish ``seq`` of ``service``."""
+        for worker in self._sinks:
+            report = self._reports.get((worker, service))
+            if report is None or report.seq < seq:
+                return False
+        return True
+
     def drained(self, service: str, instance: str, seq: int) -> bool:
         for worker in self._sinks:
             report = self._reports.get((worker, service))
