@@ -596,3 +596,73 @@ def test_upgrade_by_tag_selector(api: Api) -> None:
         assert api.through(c).header("x-demo-port") != before[c]
     assert api.through(y).header("x-demo-port") == before[y]
     assert "V" not in api.get(y).json()["env"]
+
+
+# ------------------------------------------------------------------------------ restarts
+
+
+def test_a_restart_keeps_the_containers(tmp_path: Path, token_env: None) -> None:
+    first = free_port()
+    extra = {"containers": {"tcp_ports": f"{first}-{first + 40}"}}
+    admin, ctx = start_api(tmp_path, extra=extra)
+    with ctx as g:
+        api = Api(g, admin)
+        web = api.create(TOKEN_A, tags={"k": "v"}, lifecycle={"sleep_after": "1h"})
+        tcp = api.create(
+            command=[*DEMO[:-1], "tcp"], ports={"db": {"protocol": "tcp", "internal_port": 1}}
+        )
+        gone = api.create()
+        assert api.through(web["id"]).status == 200
+        assert api("DELETE", f"/v1/containers/{gone['id']}").status == 200
+    kept = json.loads((tmp_path / "routes" / ".admin-containers.json").read_text())
+    assert [c["id"] for c in kept["containers"]] == [web["id"], tcp["id"]]
+
+    admin, ctx = start_api(tmp_path, extra=extra)
+    with ctx as g:
+        api = Api(g, admin)
+        wait_for(lambda: _admin_up(admin), 10, "admin API")
+        view = api.get(web["id"], TOKEN_A).json()
+        assert view["state"] == "stopped" and view["tags"] == {"k": "v"}
+        assert view["lifecycle"]["sleep_after"] == 3600
+        assert api.through(web["id"]).status == 200  # woken by its address
+        assert api.get(web["id"], TOKEN_A).json()["state"] == "running"
+        assert_guard_error(api.get(gone["id"]), 404, "container_not_found")
+        tcp_port = int(tcp["ports"]["db"]["address"].rsplit(":", 1)[1])
+        assert api.get(tcp["id"]).json()["ports"]["db"]["address"].endswith(f":{tcp_port}")
+        wait_for(lambda: _connects(tcp_port), 10, "its tcp listener again")
+        assert _echo_tcp(tcp_port, b"still here\n") == b"still here\n"
+        # A tenant's quota counts what was restored.
+        assert api("GET", "/v1/tenants/a", TOKEN_A).json()["use"]["api_containers"] == 1
+
+
+def test_the_store_round_trips_and_sets_a_broken_file_aside(tmp_path: Path) -> None:
+    from guard.config.model import ContainerSpec, ReadyProbe, Resources
+    from guard.control.container_store import ContainerStore
+    from guard.control.containers import ContainerRecord, Lifecycle, PortSpec
+
+    store = ContainerStore(tmp_path / ".admin-containers.json")
+    assert store.load() == []
+    record = ContainerRecord(
+        id="0123456789abcdef",
+        tenant="a",
+        spec=ContainerSpec(
+            driver="docker",
+            image="img:1",
+            command=("a", "b"),
+            env=(("K", "V"),),
+            port=53,
+            resources=Resources(cpu=0.5, memory=64 << 20),
+            ready=ReadyProbe(udp=b"\x00ping"),
+        ),
+        ports=(PortSpec("dns", "udp", 53, 20001),),
+        tags=(("k", "v"),),
+        group="g",
+        lifecycle=Lifecycle(sleep_after=30.0, destroy_after=None),
+        created_at=1.5,
+    )
+    store.save([record])
+    assert store.load() == [record]
+    store.path.write_text("{not json")
+    assert store.load() == []
+    assert (tmp_path / ".admin-containers.json.broken").read_text() == "{not json"
+    assert not store.path.exists()

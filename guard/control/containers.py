@@ -31,6 +31,7 @@ from guard.control.state import Instance, Phase
 from guard.drivers.base import DriverError, last_lines
 
 if TYPE_CHECKING:
+    from guard.control.container_store import ContainerStore
     from guard.control.plane import ControlPlane
 
 log = logging.getLogger("guard.control")
@@ -141,9 +142,11 @@ class StartFailed(Exception):
 class ContainerManager:
     """Creates, starts, stops and deletes API containers through the control plane."""
 
-    def __init__(self, plane: ControlPlane) -> None:
+    def __init__(self, plane: ControlPlane, store: ContainerStore | None = None) -> None:
         self.plane = plane
         self.state = plane.state
+        self.store = store  # None: records live as long as this process
+        self._save_lock = asyncio.Lock()
         self._failures: dict[str, WakeFailure] = {}  # container id -> last failed start
         self._asleep_since: dict[str, float] = {}  # loop time its last instance went
         self._deletes: dict[str, asyncio.Task[None]] = {}
@@ -244,13 +247,49 @@ class ContainerManager:
         return record.tenant if record is not None else None
 
     # ------------------------------------------------------------------ changes
+    async def restore(self) -> None:
+        """At start: the records a previous run kept, asleep (a request wakes each)."""
+        if self.store is None:
+            return
+        records = await asyncio.to_thread(self.store.load)
+        for record in records:
+            self.state.put_container(record)
+            try:
+                await self._control(record)
+            except DriverError as e:
+                # Kept: a request gets 503 with this reason until the driver is back and
+                # Guard restarted; the API still shows and deletes it.
+                log.error("container %s cannot be run: %s", record.id, e)
+        if records:
+            log.info("%d API containers restored from %s", len(records), self.store.path)
+
+    async def _control(self, record: ContainerRecord) -> ServiceController:
+        plane = self.plane
+        driver = await plane._driver(record.spec.driver)  # DriverError: the caller says 503
+        ctl = ServiceController(service_config(record), driver, self.state, plane, loop=plane.loop)
+        plane.controllers[record.service] = ctl
+        return ctl
+
+    async def _save(self) -> None:
+        """Write the records down (a failure is logged: the containers still run)."""
+        if self.store is None:
+            return
+        async with self._save_lock:
+            try:
+                await asyncio.to_thread(self.store.save, self.state.containers())
+            except OSError as e:
+                log.error("cannot write %s: %s", self.store.path, e)
+
     async def create(self, record: ContainerRecord) -> None:
         """Record it, give it a controller, tell the workers, and start it."""
         plane = self.plane
-        driver = await plane._driver(record.spec.driver)  # DriverError: the caller says 503
         self.state.put_container(record)
-        ctl = ServiceController(service_config(record), driver, self.state, plane, loop=plane.loop)
-        plane.controllers[record.service] = ctl
+        try:
+            await self._control(record)
+        except DriverError:
+            self.state.remove_container(record.id)
+            raise
+        await self._save()
         self._broadcast(ContainerUpdate(False, (container_route(record),)))
         # Its address works in every worker before the answer says it exists.
         await self._until_applied(record.service, plane.publish(record.service))
@@ -312,6 +351,9 @@ class ContainerManager:
         # but new requests get container_not_found, in every worker before it stops.
         self._broadcast(ContainerUpdate(False, (container_route(record),)))
         await self._until_applied(record.service, plane.publish(record.service))
+        # Requests held for a wake would only time out: they get the answer now.
+        why = f"container {record.id} is being deleted"
+        plane.fail(WakeFailure(record.service, record.id, "instance_start_failed", why))
         ctl = plane.controllers.get(record.service)
         if ctl is not None:
             for inst in ctl.instances(Phase.STARTING, Phase.READY):
@@ -325,6 +367,7 @@ class ContainerManager:
         self._last_logs.pop(record.id, None)
         self._broadcast(ContainerUpdate(False, (), (record.id,)))
         plane.forget(record.service)
+        await self._save()
         plane.event("container_deleted", None, service=record.service, tenant=record.tenant)
 
     async def upgrade(
@@ -339,6 +382,7 @@ class ContainerManager:
         ctl = self.plane.controllers.get(record.service)
         record = replace(record, spec=spec)
         self.state.put_container(record)
+        await self._save()
         if ctl is None:
             return record
         running = ctl.instances(Phase.STARTING, Phase.READY)

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from guard.config.model import GuardConfig, RoutesConfig, ServiceConfig
+from guard.control.container_store import ContainerStore
 from guard.control.containers import ContainerManager
 from guard.control.controller import Load, ServiceController
 from guard.control.health import HealthChecker
@@ -104,11 +105,18 @@ class ControlPlane:
         self.on_stopped: list[InstanceHook] = []
         self.stats = ControlStats()
         self.meter: UsageMeter | None = None  # set by whoever runs the usage ledger
-        self.containers = ContainerManager(self)  # POST /v1/containers
+        # POST /v1/containers; their records kept under routes/ once they are served.
+        store = (
+            ContainerStore.for_routes(config.routes_path)
+            if config.containers.listener is not None
+            else None
+        )
+        self.containers = ContainerManager(self, store)
 
     # ------------------------------------------------------------------ setup
     async def start(self) -> None:
         await self._apply(self.config.routes)
+        await self.containers.restore()
         self._tick_task = self.loop.create_task(self._run())
 
     def attach(self, worker: int, sink: DataPlaneSink) -> ControlLink:
