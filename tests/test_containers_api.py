@@ -202,6 +202,9 @@ def test_sleep_after_and_destroy_after(api: Api) -> None:
     wait_for(lambda: api.get(cid).json()["state"] == "stopped", 10, "asleep")
     assert api.through(cid).status == 200  # woken by a request
     wait_for(lambda: api.get(gone).status == 404, 10, "destroyed")
+    assert any(
+        f"action=DESTROY_AFTER target=/v1/containers/{gone}" in x for x in audit_lines(api.g)
+    )
     assert_guard_error(api.through(gone), 404, "container_not_found")
 
 

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from guard.control.plane import ControlPlane
 
 log = logging.getLogger("guard.control")
+audit = logging.getLogger("guard.audit")
 
 SERVICE_PREFIX = "ctr-"
 ID_BYTES = 8  # 16 hex characters: unguessable enough to be an address, short for a label
@@ -429,6 +430,13 @@ class ContainerManager:
             since = self._asleep_since.setdefault(record.id, now)
             if now - since >= after:
                 log.info("container %s asleep for %.1fs: destroying it", record.id, now - since)
+                # A change no request made: audited like the API's (guard.admin.api).
+                audit.info(
+                    "audit tenant=%s action=DESTROY_AFTER target=/v1/containers/%s result=%d",
+                    record.tenant,
+                    record.id,
+                    200,
+                )
                 self._deletes[record.id] = task = self.plane.loop.create_task(
                     self._delete(record, None)
                 )
