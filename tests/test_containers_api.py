@@ -328,8 +328,6 @@ def test_bad_bodies(api: Api) -> None:
     assert_guard_error(api("POST", "/v1/containers", body=b"[1]"), 400, "invalid_request")
     big = json.dumps(demo(tags={"k": "v" * (1024 * 1024)})).encode()
     assert_guard_error(api("POST", "/v1/containers", body=big), 413, "body_too_large")
-    two = {"a": {"internal_port": 1}, "b": {"internal_port": 2}}
-    assert_guard_error(api("POST", "/v1/containers", body=demo(ports=two)), 501, "not_implemented")
     assert_guard_error(api("PATCH", "/v1/containers"), 405, "method_not_allowed")
     assert_guard_error(api("GET", "/v1/containers", token=None), 401, "unauthorized")
     assert api("GET", "/v1/containers").json() == {"containers": [], "next": None}
@@ -669,3 +667,48 @@ def test_the_store_round_trips_and_sets_a_broken_file_aside(tmp_path: Path) -> N
     assert store.load() == []
     assert (tmp_path / ".admin-containers.json.broken").read_text() == "{not json"
     assert not store.path.exists()
+
+
+# ------------------------------------------------------------------------------ many ports
+
+PY = sys.executable
+MANY = [
+    "/bin/sh",
+    "-c",
+    f"{PY} -m guard.demo tcp --port $PORT_DB & {PY} -m guard.demo http --port $PORT_ADMIN &"
+    f" exec {PY} -m guard.demo http",
+]
+
+
+def test_a_container_with_several_ports(tmp_path: Path, token_env: None) -> None:
+    first = free_port()
+    admin, ctx = start_api(tmp_path, extra={"containers": {"tcp_ports": f"{first}-{first + 40}"}})
+    with ctx as g:
+        api = Api(g, admin)
+        ports = {
+            "db": {"protocol": "tcp", "internal_port": 5432},
+            "web": {"protocol": "http", "internal_port": 8080},
+            "admin": {"protocol": "http", "internal_port": 9090},
+        }
+        made = api.create(command=MANY, ports=ports, query="?wait_ready=true")
+        cid = made["id"]
+        assert list(made["ports"]) == ["web", "admin", "db"]  # the main port first
+        web = api.through(cid, port="web")
+        assert web.status == 200
+        wait_for(lambda: api.through(cid, port="admin").status == 200, 10, "the admin port")
+        other = api.through(cid, port="admin").header("x-demo-port")
+        assert other != web.header("x-demo-port")
+        by_header = fetch(
+            g.port, host="x", headers=[("x-guard-container", cid), ("x-guard-port", "admin")]
+        )
+        assert by_header.header("x-demo-port") == other
+        default = fetch(g.port, host="x", headers=[("x-guard-container", cid)])
+        assert default.header("x-demo-port") == web.header("x-demo-port")
+        db = int(made["ports"]["db"]["address"].rsplit(":", 1)[1])
+        wait_for(lambda: _connects(db), 10, "the db port's listener")
+        assert _echo_tcp(db, b"tables\n") == b"tables\n"
+        # One instance serves them all: a stop and one request to any port wakes it.
+        api("POST", f"/v1/containers/{cid}/stop")
+        assert _echo_tcp(db, b"woken\n") == b"woken\n"
+        assert api.get(cid).json()["state"] == "running"
+        assert_guard_error(api.through(cid, port="nope"), 404, "container_not_found")

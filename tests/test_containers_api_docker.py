@@ -142,3 +142,26 @@ def test_rolling_upgrade_on_docker(tmp_path: Path, token_env: None, guard_id: st
         wait_for(lambda: len(daemon_containers(guard_id, cid)) == 1, 20, "the old one removed")
         [new] = daemon_containers(guard_id, cid)
         assert new["Id"] != old["Id"] and "V=2" in new["Config"]["Env"]
+
+
+def test_two_http_ports_on_docker(tmp_path: Path, token_env: None, guard_id: str) -> None:
+    drivers = {"docker": {"network": "host", "socket": SOCKET, "guard_id": guard_id}}
+    admin, ctx = start_api(tmp_path, extra={"drivers": drivers})
+    with ctx as g:
+        api = Api(g, admin)
+        both = (
+            "trap 'exit 0' TERM; httpd -f -p 127.0.0.1:$PORT_ADMIN -h /www &"
+            " httpd -f -p 127.0.0.1:$PORT -h /www & wait"
+        )
+        body = {
+            "image": IMAGE,
+            "command": ["/bin/sh", "-c", both],
+            "ports": {"web": {"internal_port": 80}, "admin": {"internal_port": 81}},
+        }
+        r = api("POST", "/v1/containers?wait_ready=true", STAR, body)
+        assert r.status == 201, r.body
+        cid = r.json()["id"]
+        [info] = daemon_containers(guard_id, cid)
+        assert any(e.startswith("PORT_ADMIN=") for e in info["Config"]["Env"])
+        assert api.through(cid, port="web").status == 200
+        wait_for(lambda: api.through(cid, port="admin").status == 200, 10, "the admin port")

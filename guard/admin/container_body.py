@@ -165,15 +165,18 @@ def parse_body(body: bytes, drivers: DriversConfig) -> ContainerRequest:
 
     if errors:
         raise BodyErrors(errors)
-    http_ports = [p for p in ports if p.protocol == "http"]
+    # The instance's main port (the one probed for readiness, $PORT) is the first http
+    # port, else the first tcp one: both can be probed; the others are its extra ports.
+    ports.sort(key=lambda p: PROTOCOLS.index(p.protocol))
     spec = ContainerSpec(
         driver=driver,
         image=image,
         command=command,
         env=tuple(env),
-        port=http_ports[0].internal_port if http_ports else None,
+        port=ports[0].internal_port if ports else None,
         resources=resources,
         stop_timeout=STOP_TIMEOUT,
+        extra_ports=tuple((p.name, p.internal_port) for p in ports[1:]),
     )
     return ContainerRequest(spec, tuple(ports), tuple(sorted(tags)), group, lifecycle)
 

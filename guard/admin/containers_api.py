@@ -208,15 +208,10 @@ class ContainersApi:
             return error_answer(
                 400, "invalid_request", f"the container is not valid: {e}", errors=e.errors
             )
-        if len(request.ports) > 1:
-            # Instances have one port ($PORT) in both drivers today.
-            return error_answer(
-                501, "not_implemented", "ports: more than one port per container is not served yet"
-            )
         spec = request.spec
-        ports = request.ports
+        ports = request.ports  # the main port first (container_body)
         l4 = [p for p in ports if p.protocol != "http"]
-        if not ports or (l4 and l4[0].protocol == "udp"):
+        if not ports or ports[0].protocol == "udp":
             # Nothing to probe, or udp, which has no reply every app gives: ready once it
             # runs (a moment to bind).
             spec = replace(spec, ready=ReadyProbe(delay=0.1 if ports else 0.05))
@@ -229,15 +224,17 @@ class ContainersApi:
             )
         async with self._create_lock:
             self._check_quota(plane, caller, spec.resources.cpu, spec.resources.memory)
-            if l4:
-                public = plane.containers.allocate_port(l4[0].protocol)
+            given: dict[str, int] = {}
+            for p in l4:
+                public = plane.containers.allocate_port(p.protocol, set(given.values()))
                 if public is None:
                     return error_answer(
-                        503,
-                        "ports_exhausted",
-                        "every port of containers.tcp_ports is taken",
+                        503, "ports_exhausted", "every port of containers.tcp_ports is taken"
                     )
-                ports = tuple(replace(p, public_port=public) if p is l4[0] else p for p in ports)
+                given[p.name] = public
+            ports = tuple(
+                replace(p, public_port=given[p.name]) if p.name in given else p for p in ports
+            )
             record = ContainerRecord(
                 id=new_id(),
                 tenant=caller.tenant,

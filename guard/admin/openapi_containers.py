@@ -67,8 +67,8 @@ CONTAINER = _obj(
             "additionalProperties": PORT,
             "propertyNames": {"pattern": "^[a-z0-9]([a-z0-9-]{0,28}[a-z0-9])?$"},
             "description": "by name; an http port is reached at {id}-{name}.{containers.domain},"
-            " a tcp/udp port at a listener port from containers.tcp_ports (one port per"
-            " container for now: more is 501)",
+            " a tcp/udp port at a listener port from containers.tcp_ports. The main port"
+            " (first http, else first tcp) is $PORT in the app, each other one $PORT_<NAME>",
         },
         "tags": _STR_MAP,
         "service": {**_STR, "description": "a group name to list containers by"},
@@ -231,7 +231,6 @@ def paths(auth_errors: dict[str, Any]) -> dict[str, Any]:
                     ),
                     "413": _error("body over 1 MiB"),
                     "429": _error("quota_exceeded: the tenant's quota, named in the message"),
-                    "501": _error("not_implemented: more than one port"),
                     **_WAIT_ERRORS,
                     **auth_errors,
                 },

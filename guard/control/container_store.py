@@ -46,6 +46,7 @@ def _spec(doc: dict[str, Any]) -> ContainerSpec:
             delay=ready.get("delay"),
         ),
         stop_timeout=float(doc["stop_timeout"]),
+        extra_ports=tuple((str(n), int(p)) for n, p in doc.get("extra_ports", ())),
     )
 
 

@@ -77,10 +77,6 @@ class ContainerRecord:
     def service(self) -> str:
         return service_name(self.id)
 
-    @property
-    def http_ports(self) -> tuple[str, ...]:
-        return tuple(p.name for p in self.ports if p.protocol == "http")
-
 
 def service_name(container_id: str) -> str:
     return f"{SERVICE_PREFIX}{container_id}"
@@ -112,13 +108,10 @@ def container_route(record: ContainerRecord) -> ContainerRoute:
     return ContainerRoute(
         id=record.id,
         service=record.service,
-        http_ports=record.http_ports,
+        ports=tuple((p.name, p.protocol, p.public_port or 0) for p in record.ports),
         wake_timeout=WAKE_TIMEOUT,
         queue=QUEUE,
         accepting=not record.deleting,
-        l4_ports=tuple(
-            (p.protocol, p.public_port) for p in record.ports if p.public_port is not None
-        ),
     )
 
 
@@ -216,7 +209,7 @@ class ContainerManager:
             return
         self._last_logs[inst.key] = out[-KEPT_LOGS:]
 
-    def allocate_port(self, protocol: str) -> int | None:
+    def allocate_port(self, protocol: str, taken: set[int] | None = None) -> int | None:
         """A port of ``containers.tcp_ports`` no container has and that binds now on the
         containers listener's host; None when there is none left."""
         config = self.plane.config
@@ -224,7 +217,7 @@ class ContainerManager:
         listener = config.listeners.get(config.containers.listener or "")
         if span is None or listener is None:
             return None
-        used = {p.public_port for r in self.state.containers() for p in r.ports}
+        used = {p.public_port for r in self.state.containers() for p in r.ports} | (taken or set())
         kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
         family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
         for port in range(span[0], span[1] + 1):

@@ -53,7 +53,10 @@ def encode_endpoints(update: ServiceEndpoints) -> bytes:
             "t": "endpoints",
             "service": update.service,
             "seq": update.seq,
-            "ready": [[e.instance, e.host, e.port, e.key] for e in update.ready],
+            "ready": [
+                [e.instance, e.host, e.port, e.key, [list(p) for p in e.ports]]
+                for e in update.ready
+            ],
         }
     )
 
@@ -102,8 +105,14 @@ def decode_endpoints(doc: dict[str, Any]) -> ServiceEndpoints:
         service=str(doc["service"]),
         seq=int(doc["seq"]),
         ready=tuple(
-            Endpoint(str(i), str(h), int(p), None if k is None else str(k))
-            for i, h, p, k in doc["ready"]
+            Endpoint(
+                str(i),
+                str(h),
+                int(p),
+                None if k is None else str(k),
+                tuple((str(n), int(port)) for n, port in ports),
+            )
+            for i, h, p, k, ports in doc["ready"]
         ),
     )
 
@@ -124,15 +133,7 @@ def encode_containers(update: ContainerUpdate) -> bytes:
             "t": "containers",
             "reset": update.reset,
             "upsert": [
-                [
-                    c.id,
-                    c.service,
-                    list(c.http_ports),
-                    c.wake_timeout,
-                    c.queue,
-                    c.accepting,
-                    [list(p) for p in c.l4_ports],
-                ]
+                [c.id, c.service, [list(p) for p in c.ports], c.wake_timeout, c.queue, c.accepting]
                 for c in update.upsert
             ],
             "remove": list(update.remove),
@@ -147,13 +148,12 @@ def decode_containers(doc: dict[str, Any]) -> ContainerUpdate:
             ContainerRoute(
                 str(i),
                 str(s),
-                tuple(str(p) for p in ports),
+                tuple((str(n), str(proto), int(port)) for n, proto, port in ports),
                 float(w),
                 int(q),
                 bool(a),
-                tuple((str(proto), int(port)) for proto, port in l4),
             )
-            for i, s, ports, w, q, a, l4 in doc["upsert"]
+            for i, s, ports, w, q, a in doc["upsert"]
         ),
         remove=tuple(str(i) for i in doc["remove"]),
     )

@@ -22,6 +22,7 @@ class Endpoint:
     host: str
     port: int
     key: str | None = None  # per-key services: the key this instance belongs to
+    ports: tuple[tuple[str, int], ...] = ()  # API containers: (name, port) of more ports
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,19 +74,20 @@ class LoadReport:
 class ContainerRoute:
     """How the data plane reaches one container made through the admin API.
 
-    ``service`` is the container's own per-key service (keyed by ``id``); ``http_ports``
-    are the names its http ports answer to in ``{id}-{port}.{containers.domain}``.
+    ``service`` is the container's own per-key service (keyed by ``id``); its http ports
+    answer to ``{id}-{port}.{containers.domain}``, its tcp/udp ports on listeners of their
+    own on the containers listener's host.
     ``accepting`` is False while the container is being deleted: new requests get
     ``container_not_found``, in-flight ones finish on its instance."""
 
     id: str
     service: str
-    http_ports: tuple[str, ...]
+    # (name, protocol, listener port or 0 for http) of each port; the first is the
+    # instance's main port, the others its extra ports (Endpoint.ports).
+    ports: tuple[tuple[str, str, int], ...]
     wake_timeout: float
     queue: int
     accepting: bool = True
-    # (protocol, port) of each tcp/udp port: a listener on the containers listener's host.
-    l4_ports: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

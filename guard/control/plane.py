@@ -245,7 +245,7 @@ class ControlPlane:
         if bump:
             self._seq[service] += 1
         ready = tuple(
-            Endpoint(i.id, i.handle.host, i.handle.port, i.key)
+            Endpoint(i.id, i.handle.host, i.handle.port, i.key, i.handle.ports)
             for i in self.state.of_service(service)
             if i.phase is Phase.READY and i.handle is not None
         )

@@ -51,6 +51,8 @@ class InstanceHandle:
     pid: int | None = None  # process driver: main pid (= its process group id) once started
     container_id: str | None = None  # docker driver
     log_path: Path | None = None  # captured stdout/stderr, when the driver keeps a file
+    # ``spec.extra_ports``: (name, port Guard connects to), in the spec's order.
+    ports: tuple[tuple[str, int], ...] = ()
     workdir: Path | None = None  # per-instance working directory, when there is one
 
     @property
@@ -82,6 +84,11 @@ class InstanceStats:
 # Fired once per exit of a started instance, on the event loop: (handle, exit_code, reason).
 # exit_code follows InstanceState.exit_code's convention. Must not block; schedule work.
 ExitCallback = Callable[[InstanceHandle, int, str], None]
+
+
+def port_env(name: str) -> str:
+    """The variable an extra port's number is in: ``admin-ui`` -> ``PORT_ADMIN_UI``."""
+    return "PORT_" + "".join(c if c.isalnum() else "_" for c in name.upper())
 
 
 def last_lines(data: bytes, tail: int | None) -> bytes:

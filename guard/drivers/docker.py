@@ -79,6 +79,7 @@ from guard.drivers.base import (
     InstanceStatus,
     exit_reason,
     last_lines,
+    port_env,
 )
 from guard.drivers.process import instance_env, pick_free_port
 
@@ -255,18 +256,27 @@ class DockerDriver(Driver):
             "RestartPolicy": {"Name": "no"},  # restarts are the control plane's call
         }
         config: dict[str, Any] = {"Image": spec.image}
+        extra: list[tuple[str, int]] = []  # (name, host port) of spec.extra_ports
+        ports_env: dict[str, str] = {}
         if self._config.network == "host":
             app_port = host_port
+            for name, _ in spec.extra_ports:
+                extra.append((name, pick_free_port(self._host)))
+                ports_env[port_env(name)] = str(extra[-1][1])
         else:
             app_port = spec.port or host_port
-            key = f"{app_port}/tcp"
-            config["ExposedPorts"] = {key: {}}
+            published = [(app_port, host_port)]
+            for name, internal in spec.extra_ports:
+                extra.append((name, pick_free_port(self._host)))
+                published.append((internal, extra[-1][1]))
+                ports_env[port_env(name)] = str(internal)
+            config["ExposedPorts"] = {f"{c}/tcp": {} for c, _ in published}
             host_config["PortBindings"] = {
-                key: [{"HostIp": self._host, "HostPort": str(host_port)}]
+                f"{c}/tcp": [{"HostIp": self._host, "HostPort": str(h)}] for c, h in published
             }
         if spec.command:
             config["Cmd"] = list(spec.command)
-        env = instance_env({}, spec.env, env_extra, app_port)
+        env = instance_env({}, spec.env, {**env_extra, **ports_env}, app_port)
         config["Env"] = [f"{k}={v}" for k, v in env.items()]
         config["Labels"] = {
             LABEL_MANAGED: "true",
@@ -299,7 +309,9 @@ class DockerDriver(Driver):
         except _CONNECTION_ERRORS as e:
             raise self._unreachable(e) from e
 
-        handle = InstanceHandle(id=instance_id, driver=self.name, host=self._host, port=host_port)
+        handle = InstanceHandle(
+            id=instance_id, driver=self.name, host=self._host, port=host_port, ports=tuple(extra)
+        )
         inst = _Instance(handle=handle, container_id=container.id, stop_timeout=spec.stop_timeout)
         self._instances[instance_id] = inst
         self._by_container[container.id] = inst

@@ -65,6 +65,7 @@ from guard.drivers.base import (
     InstanceStatus,
     exit_reason,
     last_lines,
+    port_env,
 )
 
 log = logging.getLogger(__name__)
@@ -341,6 +342,7 @@ class ProcessDriver(Driver):
         self._root.mkdir(mode=0o700, parents=True, exist_ok=True)
         workdir.mkdir(mode=0o700, exist_ok=True)
         port = pick_free_port(self._host)
+        extra = tuple((name, pick_free_port(self._host)) for name, _ in spec.extra_ports)
         inherited = {k: os.environ[k] for k in self._inherit_env if k in os.environ}
         handle = InstanceHandle(
             id=instance_id,
@@ -349,11 +351,13 @@ class ProcessDriver(Driver):
             port=port,
             log_path=workdir / LOG_NAME,
             workdir=workdir,
+            ports=extra,
         )
+        ports_env = {port_env(name): str(p) for name, p in extra}
         self._instances[instance_id] = _Instance(
             handle=handle,
             argv=spec.command,
-            env=instance_env(inherited, spec.env, env_extra, port),
+            env=instance_env(inherited, spec.env, {**env_extra, **ports_env}, port),
             stop_timeout=spec.stop_timeout,
         )
         return handle

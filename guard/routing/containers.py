@@ -55,19 +55,16 @@ class ContainerDirectory(Generic[T]):
         return len(self._containers)
 
     def put(
-        self,
-        container_id: str,
-        service: str,
-        target: T,
-        http_ports: tuple[str, ...],
-        *,
-        accepting: bool = True,
+        self, container_id: str, service: str, http_ports: dict[str, T], *, accepting: bool = True
     ) -> None:
+        """``http_ports``: port name -> target, the first the default of x-guard-container."""
         config = RouteConfig(name=ROUTE_NAME, listener=self.listener, service=service)
-        route = CompiledRoute(ROUTE_NAME, self.listener, config, target, None)
-        result = RouteMatchResult(route, container_id)  # the key of its per-key service
-        ports = {p.encode("ascii"): result for p in http_ports}
-        entry = _Container(ports, result if http_ports else None)
+        ports: dict[bytes, RouteMatchResult[T]] = {}
+        for name, target in http_ports.items():
+            route = CompiledRoute(ROUTE_NAME, self.listener, config, target, None)
+            # The key: the id, its per-key service's one key.
+            ports[name.encode("ascii")] = RouteMatchResult(route, container_id)
+        entry = _Container(ports, next(iter(ports.values()), None))
         entry.accepting = accepting
         self._containers[container_id.encode("ascii")] = entry
         self._hosts.clear()

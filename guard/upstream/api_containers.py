@@ -15,7 +15,8 @@ from guard.config.model import ContainersConfig, ScaleConfig, ServiceConfig
 from guard.control.messages import ContainerRoute, ContainerUpdate, LoadReport
 from guard.routing.containers import ContainerAwareTable, ContainerDirectory
 from guard.upstream.container_listeners import ContainerListener
-from guard.upstream.container_service import ContainerService
+from guard.upstream.container_service import ContainerService, Headers, Hold, Waiter
+from guard.upstream.pool import UpstreamPool
 
 if TYPE_CHECKING:
     from guard.routing.table import HttpRouteTable
@@ -38,6 +39,54 @@ class _WorkerLink:
     def report(self, report: LoadReport) -> None:
         if self.worker.link is not None:
             self.worker.link.report(report)
+
+
+class PortService:
+    """An API container's extra port (not its instance's main one): the container's
+    service, with that port's pool. Holds and wakes are the service's own."""
+
+    wakeable = True
+    policed = False
+    per_key = True
+
+    def __init__(self, main: ContainerService, port: str) -> None:
+        self.main = main
+        self.port = port
+
+    @property
+    def name(self) -> str:
+        return self.main.name
+
+    @property
+    def config(self) -> ServiceConfig:
+        return self.main.config
+
+    def __getattr__(self, attr: str) -> object:
+        # Anything else a proxy reads of a service (none on the hot path): the service's.
+        return getattr(self.main, attr)
+
+    @property
+    def wake_timeout(self) -> float:
+        return self.main.wake_timeout
+
+    def key_of(self, captured: str | None, headers: Headers) -> str | None:
+        return self.main.key_of(captured, headers)
+
+    def pick(
+        self, headers: Headers, client_ip: str, path: bytes, key: str | None = None
+    ) -> UpstreamPool | None:
+        return self.main.pick(headers, client_ip, path, key, self.port)
+
+    def hold(
+        self, waiter: Waiter, key: str | None, headers: Headers, client_ip: str, path: bytes
+    ) -> Hold:
+        return self.main.hold(waiter, key, headers, client_ip, path, self.port)
+
+    def cancel(self, hold: Hold) -> None:
+        self.main.cancel(hold)
+
+    def done(self) -> None:
+        self.main.done()
 
 
 def data_plane_config(route: ContainerRoute) -> ServiceConfig:
@@ -99,24 +148,31 @@ class ApiContainers:
                 svc.configure(cfg)
             svc.fixed_key = route.id
             self._service_of[route.id] = route.service
-            self._listen(route, svc)
-            self.directory.put(
-                route.id, route.service, svc, route.http_ports, accepting=route.accepting
-            )
+            # The first port is the instance's main one; the others its extra ports.
+            targets: dict[str, ContainerService | PortService] = {
+                name: svc if i == 0 else PortService(svc, name)
+                for i, (name, _, _) in enumerate(route.ports)
+            }
+            self._listen(route, targets)
+            http = {name: targets[name] for name, proto, _ in route.ports if proto == "http"}
+            self.directory.put(route.id, route.service, http, accepting=route.accepting)
         for container_id in update.remove:
             removed.extend(self._remove(container_id))
         return added, removed
 
-    def _listen(self, route: ContainerRoute, svc: ContainerService) -> None:
+    def _listen(
+        self, route: ContainerRoute, targets: dict[str, ContainerService | PortService]
+    ) -> None:
         """Its tcp/udp ports listen while it accepts work; a delete first stops them."""
         have = self._listeners.get(route.id)
         if not route.accepting:
             for listener in have or ():
                 listener.stop()
-        elif have is None and route.l4_ports:
+        elif have is None and any(proto != "http" for _, proto, _ in route.ports):
             self._listeners[route.id] = [
-                ContainerListener(self.worker, self._host, protocol, port, svc)
-                for protocol, port in route.l4_ports
+                ContainerListener(self.worker, self._host, proto, port, targets[name])
+                for name, proto, port in route.ports
+                if proto != "http"
             ]
 
     def stop(self) -> None:

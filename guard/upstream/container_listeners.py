@@ -20,6 +20,7 @@ from guard.routing.containers import ROUTE_NAME
 
 if TYPE_CHECKING:
     from guard.runtime.worker import Worker
+    from guard.upstream.api_containers import PortService
     from guard.upstream.container_service import ContainerService
 
 log = logging.getLogger("guard.worker")
@@ -32,7 +33,12 @@ class ContainerListener:
     """One bound port; ``stop()`` refuses new work, ``close()`` also ends open work."""
 
     def __init__(
-        self, worker: Worker, host: str, protocol: str, port: int, svc: ContainerService
+        self,
+        worker: Worker,
+        host: str,
+        protocol: str,
+        port: int,
+        svc: ContainerService | PortService,
     ) -> None:
         self.worker = worker
         self.host = host
