@@ -31,6 +31,14 @@ class RouteNotFound(GuardError):
     code = "route_not_found"
 
 
+class ContainerNotFound(GuardError):
+    """A request names a container (by its address or ``x-guard-container``) that does not
+    exist here; the same answer whether it never existed or is another tenant's."""
+
+    status = 404
+    code = "container_not_found"
+
+
 class ExpectationFailed(GuardError):
     status = 417
     code = "expectation_failed"

@@ -454,7 +454,7 @@ def test_tenants_see_and_change_only_their_own(tmp_path: Path, token_env: None) 
             "max_containers": 4,
             "max_cpu": 2.0,
             "max_memory": 1 << 30,
-            "enforced": False,
+            "enforced": True,  # on POST /v1/containers
         }
         assert ta["use"]["containers"] == 1 and ta["use"]["cpu"] == 0.25
         assert ta["use"]["memory"] == 64 << 20

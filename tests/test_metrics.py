@@ -243,8 +243,11 @@ def test_counters_move_exactly_with_one_worker(tmp_path: Path, demos: list[Demo]
 def test_admin_endpoints(tmp_path: Path, demos: list[Demo]) -> None:
     with run_guard(tmp_path, demos[0], workers=1) as g:
         assert admin_get(g.admin, "/healthz")[::2] == (200, b'{"status": "ok"}')
-        status, headers, body = admin_get(g.admin, "/v1/containers")
+        status, headers, body = admin_get(g.admin, "/v1/no-such-thing")
         assert status == 404 and headers["x-guard-error"] == "not_found"
+        # /v1/containers exists, and says what it needs (containers.listener).
+        status, headers, _ = admin_get(g.admin, "/v1/containers")
+        assert status == 409 and headers["x-guard-error"] == "containers_not_configured"
         assert json.loads(body)["error"] == "not_found"
         status, headers, _ = admin_get(g.admin, "/metrics", "POST")
         assert status == 405 and headers["allow"] == "GET, HEAD"

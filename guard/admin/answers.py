@@ -4,6 +4,7 @@ JSON error shape."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,10 +30,14 @@ class Answer:
     body: bytes
     content_type: str = "application/json"
     extra: tuple[tuple[str, str], ...] = ()
+    # A body of unknown length (a log follow): sent chunked after ``body``, until it ends
+    # or the client goes away.
+    stream: AsyncIterator[bytes] | None = None
 
 
 REASONS = {
     200: "OK",
+    201: "Created",
     400: "Bad Request",
     401: "Unauthorized",
     404: "Not Found",
@@ -40,9 +45,12 @@ REASONS = {
     409: "Conflict",
     413: "Content Too Large",
     415: "Unsupported Media Type",
+    429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
+    501: "Not Implemented",
     503: "Service Unavailable",
+    504: "Gateway Timeout",
 }
 
 

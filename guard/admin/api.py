@@ -8,6 +8,8 @@ path.
 - ``PUT`` / ``DELETE /v1/routes/{name}``, ``/v1/services/{name}`` —
   ``guard.admin.routes_api``.
 - ``GET /v1/tenants[/{name}]`` — quotas and use (``guard.admin.tenants_api``).
+- ``/v1/containers[/{id}[/start|stop]]`` — containers as API objects
+  (``guard.admin.containers_api``).
 
 With ``admin.tokens`` every path here but the OpenAPI document needs a valid bearer token
 (401 ``unauthorized`` otherwise); without tokens the API is open and loopback-only. Every
@@ -23,6 +25,7 @@ from urllib.parse import unquote
 
 from guard.admin.answers import Answer, Request, error_answer
 from guard.admin.auth import Caller, TokenTable
+from guard.admin.containers_api import ContainersApi
 from guard.admin.openapi import document
 from guard.admin.routes_api import ReloadNow, RouteWriter
 from guard.admin.state_api import StateApi
@@ -59,6 +62,7 @@ class AdminApi:
         self.state = StateApi(routes, plane)
         self.writer = RouteWriter(config, self.state, reload_now)
         self.tenants = TenantsApi(config, tokens.tenants, routes, plane)
+        self.containers = ContainersApi(config, plane, self.tenants)
         self.usage = usage
         self.openapi = document()
 
@@ -120,6 +124,8 @@ class AdminApi:
             if self.usage is None:
                 return error_answer(404, "usage_not_configured", "guard.yaml has no usage ledger")
             return await self.usage(req.query, None if caller.all else caller.tenant)
+        if what == "containers":
+            return await self.containers.handle(caller, method, rest, req.query, req.body)
         if what == "tenants" and len(rest) <= 1:
             if method not in _READ:
                 return _method_not_allowed(req.path, "GET, HEAD")

@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from guard import __version__
+from guard.admin import openapi_containers
 
 _UNIT = {"type": ["string", "number"]}  # "250ms", "8MiB", 0.5 ...
 _STR = {"type": "string"}
@@ -360,7 +361,7 @@ def _paths() -> dict[str, Any]:
         "/v1/tenants/{name}": {
             "parameters": [_NAME],
             "get": {
-                "summary": "one tenant's quota (not enforced yet) and current use",
+                "summary": "one tenant's quota (enforced on POST /v1/containers) and current use",
                 "responses": {
                     "200": {"description": "the tenant", **_json(_ref("Tenant"))},
                     "404": _error("no such tenant, or not the caller's"),
@@ -371,6 +372,7 @@ def _paths() -> dict[str, Any]:
     }
     paths.update(_collection("routes", "Route", "RouteView"))
     paths.update(_collection("services", "Service", "ServiceView"))
+    paths.update(openapi_containers.paths(_AUTH_ERRORS))
     return paths
 
 
@@ -380,7 +382,7 @@ def spec() -> dict[str, Any]:
         "info": {
             "title": "Guard admin API",
             "version": __version__,
-            "description": "Routes, services, tenants and usage of one Guard. With"
+            "description": "Routes, services, containers, tenants and usage of one Guard. With"
             " admin.tokens every path but this document needs `Authorization: Bearer"
             " <token>`; a tenant's token sees and changes only its own objects (others are"
             " 404). Errors carry a stable code in `x-guard-error` and in the body.",
@@ -398,6 +400,7 @@ def spec() -> dict[str, Any]:
                 "Usage": USAGE,
                 "Tenant": TENANT,
                 "Error": ERROR,
+                **openapi_containers.SCHEMAS,
             },
         },
     }

@@ -143,7 +143,7 @@ class RouteWriter:
                     errors=self._redact(caller, target, lines),
                 )
             )
-        await asyncio.to_thread(_write_atomic, path, text)
+        await asyncio.to_thread(write_atomic, path, text)
         outcome = await self.reload_now()
         if outcome.routes is None:
             await asyncio.to_thread(_restore, path, before)
@@ -422,7 +422,7 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _write_atomic(path: Path, text: str | bytes | None) -> None:
+def write_atomic(path: Path, text: str | bytes | None) -> None:
     """Replace ``path`` with ``text`` (None: remove it) so readers see old or new, whole."""
     if text is None:
         path.unlink(missing_ok=True)
@@ -443,4 +443,4 @@ def _write_atomic(path: Path, text: str | bytes | None) -> None:
 
 
 def _restore(path: Path, before: bytes | None) -> None:
-    _write_atomic(path, before)
+    write_atomic(path, before)

@@ -15,7 +15,7 @@ import ipaddress
 import logging
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import httptools
@@ -75,11 +75,26 @@ def answer(pages: AdminPages, method: str, path: str) -> Answer:
     return Answer(200, pages.metrics(), pages.metrics_type)
 
 
+@dataclass(slots=True)
+class _Stream:
+    """A response whose head is written now and whose body follows in chunks."""
+
+    head: bytes
+    first: bytes
+    body: AsyncIterator[bytes]
+    keep_alive: bool
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
 def _response(a: Answer, *, head_only: bool, keep_alive: bool) -> bytes:
+    length = "transfer-encoding: chunked" if a.stream else f"content-length: {len(a.body)}"
     lines = [
         f"HTTP/1.1 {a.status} {REASONS.get(a.status, 'Unknown')}",
         f"content-type: {a.content_type}",
-        f"content-length: {len(a.body)}",
+        length,
         "cache-control: no-store",
         *(f"{k}: {v}" for k, v in a.extra),
     ]
@@ -103,7 +118,8 @@ class AdminProtocol(asyncio.Protocol):
         self.refusal: Answer | None = None  # decided while parsing, sent after feed_data
         self.idle: asyncio.TimerHandle | None = None
         # Responses in request order; a Task stands for one still being rendered.
-        self.out: deque[tuple[bytes | asyncio.Task[bytes], bool]] = deque()
+        self.out: deque[tuple[bytes | asyncio.Task[bytes | _Stream], bool]] = deque()
+        self.pump: asyncio.Task[None] | None = None  # a streamed body being sent
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -113,6 +129,8 @@ class AdminProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.connections.discard(self)
+        if self.pump is not None:
+            self.pump.cancel()  # ends the stream's generator (a log follow stops)
         if self.idle is not None:
             self.idle.cancel()
         self.transport = None
@@ -212,24 +230,58 @@ class AdminProtocol(asyncio.Protocol):
 
     async def _deferred(
         self, pending: Awaitable[Answer], head_only: bool, keep_alive: bool
-    ) -> bytes:
+    ) -> bytes | _Stream:
         try:
             a = await pending
         except Exception:
             log.exception("admin: answering failed")
             a = error_answer(500, "internal_error", "the admin server failed to answer")
-        return _response(a, head_only=head_only, keep_alive=keep_alive)
+        head = _response(a, head_only=True, keep_alive=keep_alive)
+        if a.stream is not None:
+            if head_only:
+                await a.stream.aclose()  # type: ignore[attr-defined]
+                return head
+            return _Stream(head, a.body, a.stream, keep_alive)
+        return head if head_only else head + a.body
+
+    async def _send_stream(self, stream: _Stream) -> None:
+        body = stream.body
+        try:
+            if stream.first and self.transport is not None:
+                self.transport.write(_chunk(stream.first))
+            async for data in body:
+                if self.transport is None:
+                    return
+                if data:
+                    self.transport.write(_chunk(data))
+            if self.transport is not None:
+                self.transport.write(b"0\r\n\r\n")
+                if not stream.keep_alive:
+                    self.transport.close()
+                    self.transport = None
+        except Exception:
+            log.exception("admin: a streamed answer failed")
+            if self.transport is not None:
+                self.transport.abort()  # the client sees a cut chunked body, not a clean end
+                self.transport = None
+        finally:
+            await body.aclose()  # type: ignore[attr-defined]
 
     def _write_ready(self) -> None:
         """Write the finished responses at the head of the queue, in request order."""
         out = self.out
-        while out and self.transport is not None:
+        while out and self.transport is not None and self.pump is None:
             item, keep_alive = out[0]
             if isinstance(item, asyncio.Task):
                 if not item.done():
                     return
                 item = item.result()
             out.popleft()
+            if isinstance(item, _Stream):
+                self.transport.write(item.head)
+                self.pump = asyncio.get_running_loop().create_task(self._send_stream(item))
+                self.pump.add_done_callback(self._stream_done)
+                return
             self.transport.write(item)
             if not keep_alive:
                 self.transport.close()
@@ -248,8 +300,14 @@ class AdminProtocol(asyncio.Protocol):
         self.idle = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, self._on_idle)
 
     def _on_idle(self) -> None:
-        if self.transport is not None:
+        if self.pump is not None:
+            self._arm()  # a client reading a stream sends nothing meanwhile
+        elif self.transport is not None:
             self.transport.close()
+
+    def _stream_done(self, _: asyncio.Task[None]) -> None:
+        self.pump = None
+        self._write_ready()
 
 
 class AdminServer:

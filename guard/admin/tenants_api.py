@@ -1,9 +1,11 @@
 """``GET /v1/tenants[/{name}]``: each tenant's quota (``tenants:`` in guard.yaml) and use.
 
-Use is what the tenant's admin file (``routes/_admin-<tenant>.yaml``) runs now: instances
-of its container services that are not stopped, and the cpu and memory they reserve
-(``container.resources``; an instance without a limit reserves nothing here, and says so).
-Quotas are shown, not enforced yet: enforcement comes with ``POST /v1/containers``.
+Use is what the tenant runs: its containers made through ``POST /v1/containers`` (each
+counts, and reserves its ``resources``, whether running or asleep: a request may wake it
+at any time), plus the instances of the container services in its admin file
+(``routes/_admin-<tenant>.yaml``) that are not stopped (``container.resources``; an
+instance without a limit reserves nothing here, and says so). ``POST /v1/containers``
+enforces the quota (429 ``quota_exceeded``); route-file services are counted, not refused.
 """
 
 from __future__ import annotations
@@ -54,8 +56,8 @@ class TenantsApi:
             return error_answer(404, "tenant_not_found", f"no tenant {name!r}")
         return json_answer(200, self._view(name))
 
-    def _view(self, name: str) -> dict[str, Any]:
-        quota = self.config.tenants.get(name)
+    def use(self, name: str) -> dict[str, Any]:
+        """What tenant ``name`` runs and reserves now."""
         routes = self.routes()
         services = [s for s in routes.services.values() if owner_of(s.source) == name]
         plane = self.plane()
@@ -76,6 +78,31 @@ class TenantsApi:
                 memory += res.memory or 0
                 if res.cpu is None or res.memory is None:
                     unlimited += 1
+        api = 0
+        if plane is not None:
+            for record in plane.containers.records():
+                if record.tenant != name:
+                    continue
+                api += 1
+                res = record.spec.resources
+                cpu += res.cpu or 0.0
+                memory += res.memory or 0
+                if res.cpu is None or res.memory is None:
+                    unlimited += 1
+        return {
+            "containers": containers + api,
+            "api_containers": api,
+            "cpu": round(cpu, 6),
+            "memory": memory,
+            "containers_without_limits": unlimited,
+            "services": services,
+        }
+
+    def _view(self, name: str) -> dict[str, Any]:
+        quota = self.config.tenants.get(name)
+        routes = self.routes()
+        use = self.use(name)
+        services = use.pop("services")
         return {
             "name": name,
             "file": admin_file(name),
@@ -83,14 +110,9 @@ class TenantsApi:
                 "max_containers": quota.max_containers if quota else None,
                 "max_cpu": quota.max_cpu if quota else None,
                 "max_memory": quota.max_memory if quota else None,
-                "enforced": False,
+                "enforced": quota is not None,
             },
-            "use": {
-                "containers": containers,
-                "cpu": round(cpu, 6),
-                "memory": memory,
-                "containers_without_limits": unlimited,
-            },
+            "use": use,
             "services": sorted(s.name for s in services),
             "routes": sorted(r.name for r in routes.routes if owner_of(r.source) == name),
         }

@@ -232,6 +232,9 @@ class ContainerSpec:
     resources: Resources = field(default_factory=Resources)
     ready: ReadyProbe = field(default_factory=lambda: ReadyProbe(tcp=True))
     stop_timeout: float = 10.0
+    # API containers: (name, internal port) of ports beyond ``port``; the app finds each
+    # in $PORT_<NAME> (not in route files: a container service has one port).
+    extra_ports: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -106,7 +106,9 @@ class ServiceController:
         self.closing = False
         self.configure(config)
 
-    def configure(self, config: ServiceConfig) -> None:
+    def configure(self, config: ServiceConfig, *, retire: bool = True) -> None:
+        """Apply a (new) config. A changed container spec retires the instances of the old
+        one, unless ``retire`` is False (the caller replaces them itself: upgrades)."""
         assert config.container is not None
         old = getattr(self, "config", None)
         self.name = config.name
@@ -116,7 +118,7 @@ class ServiceController:
         self.window = SampleWindow.for_scale(self.scale)
         if self.scale.target_cpu is not None:
             self.cpu_window = SampleWindow.for_scale(self.scale)
-        if old is not None and old.container != config.container:
+        if retire and old is not None and old.container != config.container:
             # A new image/command/env: instances of the old spec drain and stop; the next
             # wake (or the autoscaler, for min > 0) starts instances of the new one.
             for inst in self.instances():
@@ -173,6 +175,10 @@ class ServiceController:
             self._kpa = replace(self._kpa, delay_record=record)
         for _ in range(want - active):
             self._start(None, "wake")
+
+    def start_instance(self, key: str | None, why: str) -> Instance:
+        """Start one more instance now, whatever the load (an upgrade's replacement)."""
+        return self._start(key, why)
 
     def _start(self, key: str | None, why: str) -> Instance:
         now = self.loop.time()
@@ -327,12 +333,13 @@ class ServiceController:
         self._spawn(self._dispose(inst, reason))
 
     # -------------------------------------------------------------- retiring
-    def retire(self, inst: Instance, reason: str) -> None:
+    def retire(self, inst: Instance, reason: str, timeout: float | None = None) -> None:
+        """Drain ``inst`` (up to ``timeout``, default ``stop_timeout``), then stop it."""
         if inst.phase not in (Phase.STARTING, Phase.READY):
             return
-        self._spawn(self._retire(inst, reason))
+        self._spawn(self._retire(inst, reason, timeout))
 
-    async def _retire(self, inst: Instance, reason: str) -> None:
+    async def _retire(self, inst: Instance, reason: str, timeout: float | None = None) -> None:
         was_ready = inst.phase is Phase.READY
         inst.phase = Phase.DRAINING
         inst.stop_reason = reason
@@ -345,7 +352,7 @@ class ServiceController:
             return
         seq = self.host.publish(self.name)
         self.host.event("drain", inst, reason=reason)
-        deadline = self.loop.time() + self.spec.stop_timeout
+        deadline = self.loop.time() + (self.spec.stop_timeout if timeout is None else timeout)
         while (
             inst.phase is Phase.DRAINING
             and not self.host.drained(self.name, inst.id, seq)

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from guard.control.messages import (
+    ContainerRoute,
+    ContainerUpdate,
     DataPlaneSink,
     Endpoint,
     LoadReport,
@@ -51,7 +53,10 @@ def encode_endpoints(update: ServiceEndpoints) -> bytes:
             "t": "endpoints",
             "service": update.service,
             "seq": update.seq,
-            "ready": [[e.instance, e.host, e.port, e.key] for e in update.ready],
+            "ready": [
+                [e.instance, e.host, e.port, e.key, [list(p) for p in e.ports]]
+                for e in update.ready
+            ],
         }
     )
 
@@ -100,8 +105,14 @@ def decode_endpoints(doc: dict[str, Any]) -> ServiceEndpoints:
         service=str(doc["service"]),
         seq=int(doc["seq"]),
         ready=tuple(
-            Endpoint(str(i), str(h), int(p), None if k is None else str(k))
-            for i, h, p, k in doc["ready"]
+            Endpoint(
+                str(i),
+                str(h),
+                int(p),
+                None if k is None else str(k),
+                tuple((str(n), int(port)) for n, port in ports),
+            )
+            for i, h, p, k, ports in doc["ready"]
         ),
     )
 
@@ -113,6 +124,38 @@ def decode_failure(doc: dict[str, Any]) -> WakeFailure:
         None if key is None else str(key),
         str(doc["code"]),
         str(doc["message"]),
+    )
+
+
+def encode_containers(update: ContainerUpdate) -> bytes:
+    return _line(
+        {
+            "t": "containers",
+            "reset": update.reset,
+            "upsert": [
+                [c.id, c.service, [list(p) for p in c.ports], c.wake_timeout, c.queue, c.accepting]
+                for c in update.upsert
+            ],
+            "remove": list(update.remove),
+        }
+    )
+
+
+def decode_containers(doc: dict[str, Any]) -> ContainerUpdate:
+    return ContainerUpdate(
+        reset=bool(doc["reset"]),
+        upsert=tuple(
+            ContainerRoute(
+                str(i),
+                str(s),
+                tuple((str(n), str(proto), int(port)) for n, proto, port in ports),
+                float(w),
+                int(q),
+                bool(a),
+            )
+            for i, s, ports, w, q, a in doc["upsert"]
+        ),
+        remove=tuple(str(i) for i in doc["remove"]),
     )
 
 
@@ -133,6 +176,9 @@ class _WorkerSink:
 
     def apply_health(self, update: ServiceHealth) -> None:
         self._send(_line({"t": "health", "service": update.service, "down": update.down}))
+
+    def apply_containers(self, update: ContainerUpdate) -> None:
+        self._send(encode_containers(update))
 
     def _send(self, data: bytes) -> None:
         if not self.writer.is_closing():
@@ -240,6 +286,8 @@ class RemoteLink:
                 elif kind == "health":
                     down = tuple(str(n) for n in doc["down"])
                     self.sink.apply_health(ServiceHealth(str(doc["service"]), down))
+                elif kind == "containers":
+                    self.sink.apply_containers(decode_containers(doc))
         except (ValueError, KeyError, TypeError, OSError) as e:
             log.error("control link to the supervisor broke: %s", e)
             return

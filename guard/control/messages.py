@@ -22,6 +22,7 @@ class Endpoint:
     host: str
     port: int
     key: str | None = None  # per-key services: the key this instance belongs to
+    ports: tuple[tuple[str, int], ...] = ()  # API containers: (name, port) of more ports
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +70,36 @@ class LoadReport:
     held_keys: tuple[str, ...] = ()  # per-key services: keys with held work
 
 
+@dataclass(frozen=True, slots=True)
+class ContainerRoute:
+    """How the data plane reaches one container made through the admin API.
+
+    ``service`` is the container's own per-key service (keyed by ``id``); its http ports
+    answer to ``{id}-{port}.{containers.domain}``, its tcp/udp ports on listeners of their
+    own on the containers listener's host.
+    ``accepting`` is False while the container is being deleted: new requests get
+    ``container_not_found``, in-flight ones finish on its instance."""
+
+    id: str
+    service: str
+    # (name, protocol, listener port or 0 for http) of each port; the first is the
+    # instance's main port, the others its extra ports (Endpoint.ports).
+    ports: tuple[tuple[str, str, int], ...]
+    wake_timeout: float
+    queue: int
+    accepting: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerUpdate:
+    """Changes to the API containers the data plane routes to. ``reset``: forget every
+    container first (the first of the messages a newly attached worker gets)."""
+
+    reset: bool
+    upsert: tuple[ContainerRoute, ...] = ()
+    remove: tuple[str, ...] = ()  # container ids
+
+
 class ControlLink(Protocol):
     """The data plane's handle on the control plane."""
 
@@ -87,3 +118,5 @@ class DataPlaneSink(Protocol):
     def wake_failed(self, failure: WakeFailure) -> None: ...
 
     def apply_health(self, update: ServiceHealth) -> None: ...
+
+    def apply_containers(self, update: ContainerUpdate) -> None: ...

@@ -164,6 +164,9 @@ class UsageMeter:
         """The tenant whose admin route file defines ``service`` (None: the operator's)."""
         if self.plane is None:
             return None
+        api_tenant = self.plane.containers.tenant_of(service)  # an API container's
+        if api_tenant is not None:
+            return api_tenant if api_tenant != ALL else None
         cfg = self.plane.routes.services.get(service)
         owner = owner_of(cfg.source) if cfg is not None else None
         return owner if owner not in (None, ALL) else None

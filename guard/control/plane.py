@@ -22,9 +22,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from guard.config.model import GuardConfig, RoutesConfig, ServiceConfig
+from guard.control.container_store import ContainerStore
+from guard.control.containers import ContainerManager
 from guard.control.controller import Load, ServiceController
 from guard.control.health import HealthChecker
 from guard.control.messages import (
+    ContainerUpdate,
     ControlLink,
     DataPlaneSink,
     Endpoint,
@@ -110,15 +113,26 @@ class ControlPlane:
         self.stats = ControlStats()
         self.meter: UsageMeter | None = None  # set by whoever runs the usage ledger
         self._adopted: dict[str, list[Leftover]] = {}  # service -> containers to take over
+        # POST /v1/containers; their records kept under routes/ once they are served.
+        store = (
+            ContainerStore.for_routes(config.routes_path)
+            if config.containers.listener is not None
+            else None
+        )
+        self.containers = ContainerManager(self, store)
 
     # ------------------------------------------------------------------ setup
     async def start(self) -> None:
         await self._apply(self.config.routes)
+        await self.containers.restore()
         self._tick_task = self.loop.create_task(self._run())
 
     def attach(self, worker: int, sink: DataPlaneSink) -> ControlLink:
         """Register a data-plane worker; it gets the current endpoints at once."""
         self._sinks[worker] = sink
+        if self.state.containers():  # first: the endpoints below name their services
+            for update in self.containers.attach_updates():
+                sink.apply_containers(update)
         for name in self.controllers:
             sink.apply_endpoints(self._endpoints(name))
         for name, checker in self.health.items():
@@ -167,8 +181,12 @@ class ControlPlane:
     async def _apply(self, routes: RoutesConfig) -> None:
         self.routes = routes
         wanted = {n: s for n, s in routes.services.items() if s.container is not None}
+        for name in [n for n in wanted if self.containers.owns(n)]:
+            # An API container's service: its name is taken, the route file's loses.
+            log.warning("service %s: the name belongs to an API container; ignored", name)
+            del wanted[name]
         for name, ctl in list(self.controllers.items()):
-            if name not in wanted:
+            if name not in wanted and not self.containers.owns(name):
                 del self.controllers[name]
                 self.loop.create_task(ctl.close())
         for name, cfg in wanted.items():
@@ -266,15 +284,35 @@ class ControlPlane:
         if bump:
             self._seq[service] += 1
         ready = tuple(
-            Endpoint(i.id, i.handle.host, i.handle.port, i.key)
+            Endpoint(i.id, i.handle.host, i.handle.port, i.key, i.handle.ports)
             for i in self.state.of_service(service)
             if i.phase is Phase.READY and i.handle is not None
         )
         return ServiceEndpoints(service, self._seq[service], ready)
 
     def fail(self, failure: WakeFailure) -> None:
+        self.containers.on_failure(failure)
         for sink in list(self._sinks.values()):
             sink.wake_failed(failure)
+
+    def send_containers(self, update: ContainerUpdate) -> None:
+        for sink in list(self._sinks.values()):
+            sink.apply_containers(update)
+
+    def forget(self, service: str) -> None:
+        """A service is gone for good (a deleted API container): drop its bookkeeping."""
+        for key in [k for k in self._reports if k[1] == service]:
+            del self._reports[key]
+        self._served.pop(service, None)
+        self._seq.pop(service, None)
+
+    def applied(self, service: str, seq: int) -> bool:
+        """True once every worker has applied publish ``seq`` of ``service``."""
+        for worker in self._sinks:
+            report = self._reports.get((worker, service))
+            if report is None or report.seq < seq:
+                return False
+        return True
 
     def drained(self, service: str, instance: str, seq: int) -> bool:
         for worker in self._sinks:
@@ -290,6 +328,7 @@ class ControlPlane:
             hook(inst)
 
     async def instance_stopping(self, inst: Instance) -> None:
+        await self.containers.instance_stopping(inst)
         if self.meter is not None:
             try:
                 await self.meter.instance_stopping(inst)
@@ -329,8 +368,9 @@ class ControlPlane:
 
     def tick(self) -> None:
         now = self.loop.time()
-        for name, ctl in self.controllers.items():
+        for name, ctl in list(self.controllers.items()):
             ctl.tick(now, self.load(name))
+        self.containers.tick(now)
 
     def peek_load(self, service: str) -> Load:
         """``load`` without consuming the activity seen since the last tick (metrics)."""
@@ -364,6 +404,7 @@ class ControlPlane:
             self._tick_task.cancel()
         for checker in self.health.values():
             checker.stop()
+        await self.containers.close()
         await asyncio.gather(*(c.close() for c in self.controllers.values()))
         for unhook in self._unhook:
             unhook()

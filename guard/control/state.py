@@ -11,8 +11,12 @@ from __future__ import annotations
 import abc
 import enum
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from guard.drivers.base import InstanceHandle
+
+if TYPE_CHECKING:
+    from guard.control.containers import ContainerRecord
 
 
 class Phase(enum.StrEnum):
@@ -64,6 +68,21 @@ class ControlState(abc.ABC):
     @abc.abstractmethod
     def services(self) -> list[str]: ...
 
+    # Containers made through the admin API: what was asked for (the instances running
+    # them are ordinary instances of each container's own service, above).
+    @abc.abstractmethod
+    def put_container(self, record: ContainerRecord) -> None: ...
+
+    @abc.abstractmethod
+    def get_container(self, container_id: str) -> ContainerRecord | None: ...
+
+    @abc.abstractmethod
+    def remove_container(self, container_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def containers(self) -> list[ContainerRecord]:
+        """Every container record, oldest first."""
+
 
 class MemoryState(ControlState):
     """The single-process store."""
@@ -72,12 +91,17 @@ class MemoryState(ControlState):
         self._instances: dict[str, Instance] = {}
         self._by_service: dict[str, dict[str, Instance]] = {}
         self._owners: dict[tuple[str, str], str] = {}
+        self._containers: dict[str, ContainerRecord] = {}  # insertion order = creation order
 
     def put(self, inst: Instance) -> None:
         self._instances[inst.id] = inst
         self._by_service.setdefault(inst.service, {})[inst.id] = inst
         if inst.key is not None:
-            self._owners[(inst.service, inst.key)] = inst.id
+            owner = (inst.service, inst.key)
+            # A starting or ready instance owns its key; one going away only keeps what it
+            # owned (its successor, started while it drains, owns the key from its start).
+            if inst.phase in (Phase.STARTING, Phase.READY) or owner not in self._owners:
+                self._owners[owner] = inst.id
 
     def get(self, instance_id: str) -> Instance | None:
         return self._instances.get(instance_id)
@@ -103,3 +127,15 @@ class MemoryState(ControlState):
 
     def services(self) -> list[str]:
         return list(self._by_service)
+
+    def put_container(self, record: ContainerRecord) -> None:
+        self._containers[record.id] = record
+
+    def get_container(self, container_id: str) -> ContainerRecord | None:
+        return self._containers.get(container_id)
+
+    def remove_container(self, container_id: str) -> None:
+        self._containers.pop(container_id, None)
+
+    def containers(self) -> list[ContainerRecord]:
+        return list(self._containers.values())

@@ -16,13 +16,15 @@ import abc
 import enum
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from guard.config.model import ContainerSpec
 
 log = logging.getLogger(__name__)
+
+MAX_LOG_READ = 4 * 1024 * 1024  # bytes of output one logs() call returns at most
 
 
 class DriverError(Exception):
@@ -55,6 +57,8 @@ class InstanceHandle:
     pid: int | None = None  # process driver: main pid (= its process group id) once started
     container_id: str | None = None  # docker driver
     log_path: Path | None = None  # captured stdout/stderr, when the driver keeps a file
+    # ``spec.extra_ports``: (name, port Guard connects to), in the spec's order.
+    ports: tuple[tuple[str, int], ...] = ()
     workdir: Path | None = None  # per-instance working directory, when there is one
 
     @property
@@ -86,6 +90,26 @@ class InstanceStats:
 # Fired once per exit of a started instance, on the event loop: (handle, exit_code, reason).
 # exit_code follows InstanceState.exit_code's convention. Must not block; schedule work.
 ExitCallback = Callable[[InstanceHandle, int, str], None]
+
+
+def port_env(name: str) -> str:
+    """The variable an extra port's number is in: ``admin-ui`` -> ``PORT_ADMIN_UI``."""
+    return "PORT_" + "".join(c if c.isalnum() else "_" for c in name.upper())
+
+
+def last_lines(data: bytes, tail: int | None) -> bytes:
+    """The last ``tail`` lines of ``data`` (None: all of it), at most ``MAX_LOG_READ``."""
+    if tail is not None:
+        if tail <= 0:
+            return b""
+        end = len(data) - 1 if data.endswith(b"\n") else len(data)
+        cut = end
+        for _ in range(tail):
+            cut = data.rfind(b"\n", 0, cut)
+            if cut < 0:
+                break
+        data = data[cut + 1 :] if cut >= 0 else data
+    return data[-MAX_LOG_READ:]
 
 
 def exit_reason(code: int) -> str:
@@ -166,6 +190,15 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     async def stats(self, handle: InstanceHandle) -> InstanceStats:
         """CPU and memory of a running instance; ``DriverError`` if it is not running."""
+
+    async def logs(self, handle: InstanceHandle, tail: int | None) -> bytes:
+        """The instance's last ``tail`` lines of stdout and stderr (None: what is kept, up
+        to ``MAX_LOG_READ``). ``DriverError`` when there are none to read."""
+        raise DriverError(f"the {self.name} driver keeps no logs")
+
+    def follow_logs(self, handle: InstanceHandle) -> AsyncIterator[bytes]:
+        """Output as the instance writes it, from now until it is gone."""
+        raise DriverError(f"the {self.name} driver keeps no logs")
 
     @abc.abstractmethod
     def on_exit(self, callback: ExitCallback) -> Callable[[], None]:

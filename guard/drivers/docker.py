@@ -71,7 +71,7 @@ import math
 import re
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -93,6 +93,8 @@ from guard.drivers.base import (
     InstanceStats,
     InstanceStatus,
     exit_reason,
+    last_lines,
+    port_env,
 )
 from guard.drivers.process import instance_env, pick_free_port
 
@@ -306,18 +308,27 @@ class DockerDriver(Driver):
             "RestartPolicy": {"Name": "no"},  # restarts are the control plane's call
         }
         config: dict[str, Any] = {"Image": spec.image}
+        extra: list[tuple[str, int]] = []  # (name, host port) of spec.extra_ports
+        ports_env: dict[str, str] = {}
         if self._config.network == "host":
             app_port = host_port
+            for name, _ in spec.extra_ports:
+                extra.append((name, pick_free_port(self._host)))
+                ports_env[port_env(name)] = str(extra[-1][1])
         else:
             app_port = spec.port or host_port
-            key = f"{app_port}/tcp"
-            config["ExposedPorts"] = {key: {}}
+            published = [(app_port, host_port)]
+            for name, internal in spec.extra_ports:
+                extra.append((name, pick_free_port(self._host)))
+                published.append((internal, extra[-1][1]))
+                ports_env[port_env(name)] = str(internal)
+            config["ExposedPorts"] = {f"{c}/tcp": {} for c, _ in published}
             host_config["PortBindings"] = {
-                key: [{"HostIp": self._host, "HostPort": str(host_port)}]
+                f"{c}/tcp": [{"HostIp": self._host, "HostPort": str(h)}] for c, h in published
             }
         if spec.command:
             config["Cmd"] = list(spec.command)
-        env = instance_env({}, spec.env, env_extra, app_port)
+        env = instance_env({}, spec.env, {**env_extra, **ports_env}, app_port)
         config["Env"] = [f"{k}={v}" for k, v in env.items()]
         config["Labels"] = {
             LABEL_MANAGED: "true",
@@ -355,7 +366,9 @@ class DockerDriver(Driver):
         except _CONNECTION_ERRORS as e:
             raise self._unreachable(e) from e
 
-        handle = InstanceHandle(id=instance_id, driver=self.name, host=self._host, port=host_port)
+        handle = InstanceHandle(
+            id=instance_id, driver=self.name, host=self._host, port=host_port, ports=tuple(extra)
+        )
         inst = _Instance(handle=handle, container_id=container.id, stop_timeout=spec.stop_timeout)
         self._instances[instance_id] = inst
         self._by_container[container.id] = inst
@@ -576,6 +589,23 @@ class DockerDriver(Driver):
         return InstanceStats(
             cpu_seconds=inst.cpu_high, memory_bytes=memory_in_use(memory_stats), at=at
         )
+
+    async def logs(self, handle: InstanceHandle, tail: int | None) -> bytes:
+        """``docker logs --tail N`` (the daemon's log driver keeps and bounds them)."""
+        inst = self._get(handle)
+        with self._errors(f"logs of {handle.id}"):
+            parts = await self._container(inst).log(
+                stdout=True, stderr=True, tail="all" if tail is None else str(max(tail, 0))
+            )
+        return last_lines("".join(parts).encode("utf-8", "replace"), tail)
+
+    async def follow_logs(self, handle: InstanceHandle) -> AsyncIterator[bytes]:
+        """``docker logs --follow --tail 0``: ends when the container stops."""
+        inst = self._get(handle)
+        with self._errors(f"logs of {handle.id}"):
+            stream = self._container(inst).log(stdout=True, stderr=True, follow=True, tail="0")
+            async for part in stream:
+                yield part.encode("utf-8", "replace")
 
     def on_exit(self, callback: ExitCallback) -> Callable[[], None]:
         return self._listeners.add(callback)

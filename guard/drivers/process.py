@@ -47,12 +47,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from guard.config.model import ContainerSpec
 from guard.drivers.base import (
+    MAX_LOG_READ,
     Driver,
     DriverError,
     ExitCallback,
@@ -63,11 +64,14 @@ from guard.drivers.base import (
     InstanceStats,
     InstanceStatus,
     exit_reason,
+    last_lines,
+    port_env,
 )
 
 log = logging.getLogger(__name__)
 
 LOG_LIMIT = 10 * 1024 * 1024
+_FOLLOW_POLL = 0.2
 LOG_NAME = "output.log"
 DEFAULT_INHERIT_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
 # Instance ids become directory names: no separators, no "." / "..", bounded length.
@@ -236,6 +240,26 @@ def _read_stats(pgid: int) -> tuple[int, int] | None:
     return group_usage(found, pgid)
 
 
+def _read_log(path: Path) -> bytes:
+    """The newest ``MAX_LOG_READ`` bytes of output: the rotated file's end, then the file."""
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - MAX_LOG_READ))
+            data = f.read()
+    except FileNotFoundError:
+        return b""
+    if len(data) < MAX_LOG_READ:
+        try:
+            with path.with_name(path.name + ".1").open("rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(0, size - (MAX_LOG_READ - len(data))))
+                data = f.read() + data
+        except FileNotFoundError:
+            pass
+    return data
+
+
 def _rotate_log(path: Path) -> None:
     """copytruncate: the child keeps its O_APPEND descriptor, so after the truncate its
     next write lands at the new end of file. Lines written between copy and truncate are
@@ -318,6 +342,7 @@ class ProcessDriver(Driver):
         self._root.mkdir(mode=0o700, parents=True, exist_ok=True)
         workdir.mkdir(mode=0o700, exist_ok=True)
         port = pick_free_port(self._host)
+        extra = tuple((name, pick_free_port(self._host)) for name, _ in spec.extra_ports)
         inherited = {k: os.environ[k] for k in self._inherit_env if k in os.environ}
         handle = InstanceHandle(
             id=instance_id,
@@ -326,11 +351,13 @@ class ProcessDriver(Driver):
             port=port,
             log_path=workdir / LOG_NAME,
             workdir=workdir,
+            ports=extra,
         )
+        ports_env = {port_env(name): str(p) for name, p in extra}
         self._instances[instance_id] = _Instance(
             handle=handle,
             argv=spec.command,
-            env=instance_env(inherited, spec.env, env_extra, port),
+            env=instance_env(inherited, spec.env, {**env_extra, **ports_env}, port),
             stop_timeout=spec.stop_timeout,
         )
         return handle
@@ -475,6 +502,38 @@ class ProcessDriver(Driver):
         return InstanceStats(
             cpu_seconds=inst.cpu_high, memory_bytes=pages * _PAGE_SIZE, at=self._clock()
         )
+
+    async def logs(self, handle: InstanceHandle, tail: int | None) -> bytes:
+        path = self._get(handle).handle.log_path
+        assert path is not None
+        return last_lines(await asyncio.to_thread(_read_log, path), tail)
+
+    async def follow_logs(self, handle: InstanceHandle) -> AsyncIterator[bytes]:
+        """Polls the file (``tail -F``): from its end now, again from the start after a
+        rotation, until the instance is removed."""
+        path = self._get(handle).handle.log_path
+        assert path is not None
+        try:
+            f = await asyncio.to_thread(path.open, "rb")
+        except OSError as e:
+            raise DriverError(f"cannot read the output of {handle.id}: {e.strerror}") from e
+        try:
+            f.seek(0, os.SEEK_END)
+            while True:
+                chunk = await asyncio.to_thread(f.read, 64 * 1024)
+                if chunk:
+                    yield chunk
+                    continue
+                if handle.id not in self._instances:
+                    return
+                try:
+                    if path.stat().st_size < f.tell():  # rotated: copied, then truncated
+                        f.seek(0)
+                except FileNotFoundError:
+                    return
+                await asyncio.sleep(_FOLLOW_POLL)
+        finally:
+            f.close()
 
     def on_exit(self, callback: ExitCallback) -> Callable[[], None]:
         return self._listeners.add(callback)

@@ -32,8 +32,13 @@ def needs_control_plane(routes: RoutesConfig) -> bool:
 
 
 def needs_control_host(config: GuardConfig) -> bool:
-    """The control plane, or ``usage:`` (the ledger's one writer)."""
-    return needs_control_plane(config.routes) or config.usage is not None
+    """The control plane (container services; ``containers.listener``: containers made
+    through the admin API), or ``usage:`` (the ledger's one writer)."""
+    return (
+        needs_control_plane(config.routes)
+        or config.usage is not None
+        or config.containers.listener is not None
+    )
 
 
 class ControlHost:

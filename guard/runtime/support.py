@@ -32,9 +32,9 @@ def unsupported(config: GuardConfig) -> list[NotSupportedYet]:
             and listener.protocol not in PROXY_ACCEPT_PROTOCOLS
         ):
             found.append(NotSupportedYet(main, f"listeners.{name}.proxy_protocol"))
-    # admin.tokens and tenants are served by guard.admin. Tenant quotas are shown with
-    # each tenant's use (GET /v1/tenants/NAME) but not enforced yet: that comes with
-    # POST /v1/containers, so a tenant's container services PUT today can scale past them.
+    # admin.tokens and tenants are served by guard.admin. Tenant quotas are enforced on
+    # POST /v1/containers (count, cpu, memory: 429 quota_exceeded); container services a
+    # tenant PUTs through /v1/services are not counted against them yet.
     # Every route's rate_limit is served (http, tcp, udp; by client_ip, header, tenant).
     # Services reached through http listeners: their keep-alive pools send no PROXY header.
     http_services = {

@@ -24,7 +24,13 @@ from guard.config import load_config, load_routes
 from guard.config.model import GuardConfig, ListenerConfig, RouteConfig, RoutesConfig
 from guard.control.link import ENV as CONTROL_SOCKET_ENV
 from guard.control.link import RemoteLink
-from guard.control.messages import ControlLink, ServiceEndpoints, ServiceHealth, WakeFailure
+from guard.control.messages import (
+    ContainerUpdate,
+    ControlLink,
+    ServiceEndpoints,
+    ServiceHealth,
+    WakeFailure,
+)
 from guard.control.metering import TrafficReport
 from guard.control.plane import REPORT_INTERVAL, ControlPlane
 from guard.errors import ConfigErrors
@@ -53,6 +59,7 @@ from guard.runtime.handover import PidFile, notify_ready, start_successor, take_
 from guard.runtime.sockets import ADMIN, BACKLOG, ListenSockets
 from guard.runtime.traffic import TrafficTally
 from guard.runtime.watch import RouteWatcher, signature
+from guard.upstream.api_containers import ApiContainers
 from guard.upstream.container_service import ContainerService
 from guard.upstream.pool import UpstreamSettings
 from guard.upstream.resolver import Resolver
@@ -125,6 +132,7 @@ class Worker:
         self._tally: TrafficTally | None = None
         self._tally_timer: asyncio.TimerHandle | None = None
         self.metrics = WorkerMetrics(self)
+        self.api_containers = ApiContainers(self, config.containers)  # POST /v1/containers
 
     # ------------------------------------------------------------------ building
     def _build(
@@ -161,6 +169,7 @@ class Worker:
                 health = self._health.get(name)
                 if health is not None:
                     svc.set_down(health.down)  # rebuilt on reload: keep the last verdict
+        services.update(self.api_containers.services)  # not from route files: kept as they are
         http_listeners = {
             n for n, lc in self.config.listeners.items() if lc.protocol in HTTP_PROTOCOLS
         }
@@ -169,6 +178,7 @@ class Worker:
         )
         for name in http_listeners:
             tables.setdefault(name, HttpRouteTable(name, []))
+        self.api_containers.wrap(tables)
         return services, tables
 
     def _build_l4(
@@ -206,6 +216,14 @@ class Worker:
         svc = self.services.get(update.service)
         if isinstance(svc, Service):
             svc.set_down(update.down)
+
+    def apply_containers(self, update: ContainerUpdate) -> None:
+        added, removed = self.api_containers.apply(update)
+        self.services.update(added)
+        for svc in removed:
+            if self.services.get(svc.name) is svc:
+                del self.services[svc.name]
+            svc.close()
 
     def wake_failed(self, failure: WakeFailure) -> None:
         svc = self.services.get(failure.service)
@@ -402,6 +420,7 @@ class Worker:
         self.draining = True
         for server in self.servers:
             server.close()
+        self.api_containers.stop()
         for uctx in self.udp_contexts.values():
             uctx.close()  # a datagram session has no "in flight": it ends with its socket
         for transport in self.udp_transports:
@@ -447,6 +466,7 @@ class Worker:
                         tconn.abort()
                 break
             await asyncio.sleep(0.02)
+        self.api_containers.close()
         for svc in self.services.values():
             svc.close()
         self.stopped = True

@@ -48,13 +48,20 @@ class Waiter(Protocol):
 class Hold:
     """One held piece of work; ``cancel()`` it when the client goes away first."""
 
-    __slots__ = ("cancelled", "client_ip", "headers", "key", "path", "since", "waiter")
+    __slots__ = ("cancelled", "client_ip", "headers", "key", "path", "port", "since", "waiter")
 
     def __init__(
-        self, waiter: Waiter, key: str | None, headers: Headers, client_ip: str, path: bytes
+        self,
+        waiter: Waiter,
+        key: str | None,
+        headers: Headers,
+        client_ip: str,
+        path: bytes,
+        port: str | None = None,
     ) -> None:
         self.waiter = waiter
         self.key = key
+        self.port = port  # an API container's extra port: the pool it gets
         self.headers = headers
         self.client_ip = client_ip
         self.path = path
@@ -63,12 +70,24 @@ class Hold:
 
 
 class _Instance:
-    __slots__ = ("key", "pool", "served")
+    __slots__ = ("key", "pool", "ports", "served")
 
     def __init__(self, pool: UpstreamPool, key: str | None) -> None:
         self.pool = pool
         self.key = key
         self.served = 0  # work started since the last report
+        self.ports: dict[str, UpstreamPool] = {}  # an API container's extra ports
+
+    def in_flight(self) -> int:
+        n = self.pool.backend.in_flight
+        for pool in self.ports.values():
+            n += pool.backend.in_flight
+        return n
+
+    def close_idle(self) -> None:
+        self.pool.close_idle()
+        for pool in self.ports.values():
+            pool.close_idle()
 
 
 class ContainerService:
@@ -103,6 +122,9 @@ class ContainerService:
         self._seq = 0
         self.rejected = 0  # queue_full answers, for metrics
         self.closed = False
+        # The key of work that names none (a tcp/udp listener of one API container): its
+        # service is per-key with this one key.
+        self.fixed_key: str | None = None
         self.configure(config)
 
     def configure(self, config: ServiceConfig) -> None:
@@ -126,6 +148,8 @@ class ContainerService:
         """The instance key of a request to a per-key service (None for others)."""
         if not self.per_key:
             return None
+        if self.fixed_key is not None:
+            return self.fixed_key
         key: str | None = captured
         wanted = self._key_header
         if wanted is not None:
@@ -141,12 +165,19 @@ class ContainerService:
         return key
 
     def pick(
-        self, headers: Headers, client_ip: str, path: bytes, key: str | None = None
+        self,
+        headers: Headers,
+        client_ip: str,
+        path: bytes,
+        key: str | None = None,
+        port: str | None = None,
     ) -> UpstreamPool | None:
         """A ready instance with room for one more piece of work, or None (then hold)."""
         if self._held_count and key is None:
             return None  # first come, first served: held work goes before new arrivals
         if self.per_key:
+            if key is None:
+                key = self.fixed_key
             inst = self._by_key.get(key) if key is not None else None
             if inst is None:
                 return None
@@ -163,16 +194,22 @@ class ContainerService:
                     return None
             inst = self._by_backend[backend]
         inst.served += 1
-        return inst.pool
+        return inst.pool if port is None else inst.ports.get(port)
 
     def hold(
-        self, waiter: Waiter, key: str | None, headers: Headers, client_ip: str, path: bytes
+        self,
+        waiter: Waiter,
+        key: str | None,
+        headers: Headers,
+        client_ip: str,
+        path: bytes,
+        port: str | None = None,
     ) -> Hold:
         """Queue work that ``pick`` could not place; raises ``QueueFull``."""
         if self._held_count >= self.queue_limit:
             self.rejected += 1
             raise QueueFull(f"service {self.name}: {self.queue_limit} requests already waiting")
-        hold = Hold(waiter, key, headers, client_ip, path)
+        hold = Hold(waiter, key, headers, client_ip, path, port)
         hold.since = self._loop.time()
         self._held.append(hold)
         self._held_count += 1
@@ -224,13 +261,21 @@ class ContainerService:
                     sweeper=self._sweeper,
                 )
                 inst = _Instance(pool, ep.key)
+                for name, port in ep.ports:
+                    inst.ports[name] = UpstreamPool(
+                        Backend(ep.host, port, name=f"{ep.instance}:{name}"),
+                        self._settings,
+                        loop=self._loop,
+                        resolver=self._resolver,
+                        sweeper=self._sweeper,
+                    )
                 self._by_backend[backend] = inst
             fresh[ep.instance] = inst
         for instance_id, inst in self._ready.items():
             if instance_id not in fresh:
                 # Draining: no new work; idle keep-alive connections go now, busy ones
                 # finish their exchange (they are not returned to the pool afterwards).
-                inst.pool.close_idle()
+                inst.close_idle()
                 self._retiring[instance_id] = inst
         self._ready = fresh
         self._by_key = {i.key: i for i in fresh.values() if i.key is not None}
@@ -261,7 +306,7 @@ class ContainerService:
             for hold in list(self._held):
                 if hold.cancelled:
                     continue
-                pool = self.pick(hold.headers, hold.client_ip, hold.path, hold.key)
+                pool = self.pick(hold.headers, hold.client_ip, hold.path, hold.key, hold.port)
                 if pool is not None:
                     self.cancel(hold)
                     hold.waiter.on_woken(pool, now - hold.since)
@@ -275,7 +320,7 @@ class ContainerService:
                 if hold.cancelled:
                     held.popleft()
                     continue
-                pool = self.pick(hold.headers, hold.client_ip, hold.path)
+                pool = self.pick(hold.headers, hold.client_ip, hold.path, None, hold.port)
                 if pool is None:
                     break
                 held.popleft()
@@ -291,8 +336,8 @@ class ContainerService:
 
     def _forget_idle_retired(self) -> None:
         for instance_id, inst in list(self._retiring.items()):
-            if inst.pool.backend.in_flight <= 0:
-                inst.pool.close_idle()
+            if inst.in_flight() <= 0:
+                inst.close_idle()
                 del self._retiring[instance_id]
                 self._by_backend.pop(inst.pool.backend, None)
 
@@ -303,7 +348,7 @@ class ContainerService:
         served: list[tuple[str, int]] = []
         for group in (self._ready, self._retiring):
             for instance_id, inst in group.items():
-                in_flight.append((instance_id, inst.pool.backend.in_flight))
+                in_flight.append((instance_id, inst.in_flight()))
                 if inst.served:
                     served.append((instance_id, inst.served))
                     inst.served = 0
@@ -333,7 +378,7 @@ class ContainerService:
     def close(self) -> None:
         self.closed = True
         for inst in (*self._ready.values(), *self._retiring.values()):
-            inst.pool.close_idle()
+            inst.close_idle()
 
 
 def _load(backend: Backend) -> int:
