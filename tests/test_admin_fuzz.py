@@ -5,10 +5,11 @@ as the ``*`` token and as a tenant's: Guard must never answer 5xx, every answer 
 one the document declares, with the declared content type and a body that matches its
 schema, and requests that break the schema must be refused (4xx).
 
-The Guard under test has no container driver configured, so no request can make it start
-a process (a generated ``command`` is never run); container services and containers are
-refused by validation instead, which is exactly the path being fuzzed. Bounded: a few
-dozen examples per operation, no shrinking of passing runs, one Guard for the module.
+The Guard under test serves /v1/containers but has no container driver configured, so no
+request can make it start a process (a generated ``command`` is never run): container
+services and containers are refused by validation instead, which is the path being fuzzed.
+Bounded: a few dozen examples per operation, no shrinking of passing runs, one Guard for
+the module.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ def admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
             ],
         },
         "tenants": {"t1": {"max_containers": 2, "max_cpu": 1, "max_memory": "1GiB"}},
+        # /v1/containers served, but with no driver a generated container is refused (400)
+        "containers": {"domain": "containers.localhost", "listener": "web"},
     }
     routes = [{"name": "base", "match": {"host": "base.test"}, "service": "base"}]
     services = {"base": {"servers": [f"127.0.0.1:{free_port()}"]}}

@@ -186,6 +186,22 @@ _WAIT_ERRORS = {
 
 
 def paths(auth_errors: dict[str, Any]) -> dict[str, Any]:
+    out = _paths(auth_errors)
+    # Every container operation answers 409 while guard.yaml has no containers.listener.
+    for item in out.values():
+        for method, op in item.items():
+            if method == "parameters":
+                continue
+            conflict = op["responses"].get("409")
+            if conflict is None:
+                op["responses"]["409"] = _NOT_CONFIGURED
+            elif "containers_not_configured" not in conflict["description"]:
+                description = f"{conflict['description']} | {_NOT_CONFIGURED['description']}"
+                op["responses"]["409"] = {**conflict, "description": description}
+    return out
+
+
+def _paths(auth_errors: dict[str, Any]) -> dict[str, Any]:
     return {
         "/v1/containers": {
             "get": {
