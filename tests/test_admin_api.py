@@ -513,3 +513,55 @@ def test_put_under_the_supervisor(tmp_path: Path, backend: RawBackend) -> None:
             return all(fetch(g.port, host="api.test").status == 200 for _ in range(8))
 
         wait_for(served, 5, "both workers serve the new route")
+
+
+def test_route_puts_under_load_fail_no_request(tmp_path: Path, backend: RawBackend) -> None:
+    """Routes and services written through the API while clients keep requesting: every
+    write is applied (the new routes answer) and no request of the load fails."""
+    import threading
+
+    admin = free_port()
+    routes = [{"name": "base", "match": {"host": "base.test"}, "service": "base"}]
+    services = {"base": {"servers": [backend.address]}}
+    with admin_guard(tmp_path / "g", admin, routes=routes, services=services) as g:
+        stop = threading.Event()
+        failures: list[str] = []
+        counts = [0] * 4
+
+        def load(slot: int) -> None:
+            conn = Conn(g.port)
+            try:
+                while not stop.is_set():
+                    conn.request(host="base.test")
+                    resp = conn.read_response()
+                    if resp.status != 200:
+                        failures.append(f"{resp.status} {resp.body[:80]!r}")
+                    counts[slot] += 1
+                    if resp.header("connection") == "close":  # max_requests_per_connection
+                        conn.close()
+                        conn = Conn(g.port)
+            except Exception as e:  # a reset or a close without notice is a failure
+                failures.append(repr(e))
+            finally:
+                conn.close()
+
+        threads = [threading.Thread(target=load, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            for i in range(15):
+                r = call(admin, "PUT", f"/v1/services/s{i}", None, {"servers": [backend.address]})
+                assert r.status == 200, r.body
+                route = {"listener": "web", "match": {"host": f"r{i}.test"}, "service": f"s{i}"}
+                r = call(admin, "PUT", f"/v1/routes/r{i}", None, route)
+                assert r.status == 200, r.body
+                assert fetch(g.port, host=f"r{i}.test").status == 200  # applied on answer
+                if i % 3 == 2:  # and some go again
+                    assert call(admin, "DELETE", f"/v1/routes/r{i - 1}").status == 200
+                    assert fetch(g.port, host=f"r{i - 1}.test").status == 404
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(10)
+    assert not failures, failures[:5]
+    assert min(counts) > 0, counts  # every client kept getting answers
