@@ -73,7 +73,9 @@ class ContainerListener:
                     self.host,
                     self.port,
                     reuse_address=True,
-                    reuse_port=w.reuse_port,
+                    # every worker binds the port, and so does the Guard that replaces
+                    # this one on a binary restart, while this one still holds it
+                    reuse_port=True,
                 )
             else:
                 route = RouteConfig(name=ROUTE_NAME, listener=name, service=self.svc.name)
@@ -88,7 +90,7 @@ class ContainerListener:
                     max_sessions=UDP_MAX_SESSIONS,
                 )
                 uctx = self.udp
-                sock = udp_socket(self.host, self.port, reuse_port=w.reuse_port)
+                sock = udp_socket(self.host, self.port, reuse_port=True)  # (as above)
                 await w.loop.create_datagram_endpoint(lambda: UdpListenerProtocol(uctx), sock=sock)
         except OSError as e:
             log.error(
