@@ -21,7 +21,13 @@ from guard.admin.api import AdminApi
 from guard.admin.routes_api import ReloadOutcome
 from guard.admin.server import AdminPages, AdminServer
 from guard.config import load_config, load_routes
-from guard.config.model import GuardConfig, ListenerConfig, RouteConfig, RoutesConfig
+from guard.config.model import (
+    GuardConfig,
+    ListenerConfig,
+    RouteConfig,
+    RoutesConfig,
+    ServiceConfig,
+)
 from guard.control.link import ENV as CONTROL_SOCKET_ENV
 from guard.control.link import RemoteLink
 from guard.control.messages import (
@@ -135,6 +141,18 @@ class Worker:
         self.api_containers = ApiContainers(self, config.containers)  # POST /v1/containers
 
     # ------------------------------------------------------------------ building
+    def container_service(self, cfg: ServiceConfig, link: ControlLink) -> ContainerService:
+        """The data-plane half of a container service (route files' and API containers')."""
+        return ContainerService(
+            cfg,
+            self.upstream_settings,
+            loop=self.loop,
+            resolver=self.resolver,
+            sweeper=self.sweeper,
+            link=link,
+            worker_id=self.worker_id,
+        )
+
     def _build(
         self, routes: RoutesConfig
     ) -> tuple[dict[str, Service | ContainerService], dict[str, HttpRouteTable]]:
@@ -149,15 +167,7 @@ class Worker:
                     current.configure(cfg)
                     services[name] = current
                     continue
-                services[name] = ContainerService(
-                    cfg,
-                    self.upstream_settings,
-                    loop=self.loop,
-                    resolver=self.resolver,
-                    sweeper=self.sweeper,
-                    link=self.link,
-                    worker_id=self.worker_id,
-                )
+                services[name] = self.container_service(cfg, self.link)
             elif cfg.servers:
                 svc = services[name] = Service(
                     cfg,

@@ -134,15 +134,7 @@ class ApiContainers:
             cfg = data_plane_config(route)
             svc = self.services.get(route.service)
             if svc is None:
-                svc = ContainerService(
-                    cfg,
-                    w.upstream_settings,
-                    loop=w.loop,
-                    resolver=w.resolver,
-                    sweeper=w.sweeper,
-                    link=self._link,
-                    worker_id=w.worker_id,
-                )
+                svc = w.container_service(cfg, self._link)
                 self.services[route.service] = added[route.service] = svc
             else:
                 svc.configure(cfg)
