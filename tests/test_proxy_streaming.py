@@ -237,3 +237,35 @@ def _dechunk(wire: bytes) -> bytes:
         out += wire[:size]
         assert wire[size : size + 2] == b"\r\n"
         wire = wire[size + 2 :]
+
+
+def _early_streaming_answer(conn: BackendConn) -> None:
+    """Answer once the head arrives, stream the body for ~2.5 s, then read the upload."""
+    req = conn.read_request(read_body=False)
+    if req is None:
+        return
+    conn.send(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+    for i in range(10):
+        conn.send(b"5\r\npart%d\r\n" % i)
+        time.sleep(0.25)
+    conn.send(b"0\r\n\r\n")
+    conn.read_body(req)
+
+
+def test_early_answer_streams_past_response_header_timeout(guard, raw_backend) -> None:
+    """A response that began before the request body ended is a stream, not a wait for a
+    header: finishing the body must not put it back under ``response_header``."""
+    backend = raw_backend(_early_streaming_answer)
+    g = guard(servers=[backend.address], http={"timeouts": {"response_header": "1s"}})
+    with Conn(g.port, timeout=10) as c:
+        c.send(b"POST /up HTTP/1.1\r\nHost: test\r\nContent-Length: 10\r\n\r\nhello")
+        head = c.read_head()
+        assert head.status == 200
+        assert head.header("transfer-encoding") == "chunked"
+        c.send(b"world")  # the body ends while the response streams on
+        parts = []
+        while size := int(c._read_line(), 16):
+            parts.append(c._read_exact(size))
+            assert c._read_exact(2) == b"\r\n"
+        assert c._read_line() == b""  # the end of the (empty) trailer section
+    assert b"".join(parts) == b"".join(b"part%d" % i for i in range(10))

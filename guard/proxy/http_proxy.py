@@ -381,8 +381,14 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         req.complete = True
         if req is self._active:
             # Held requests wait on the wake deadline instead; a request without a body
-            # got its response deadline when it became active, a moment ago.
-            if self._hold is None and self._deadline_kind != _T_RESPONSE:
+            # got its response deadline when it became active, a moment ago; and a
+            # response that began before the body ended (an early answer) has no header
+            # left to wait for: its stream must not be cut at response_header.
+            if (
+                self._hold is None
+                and not self._response_started
+                and self._deadline_kind != _T_RESPONSE
+            ):
                 self._set_deadline(_T_RESPONSE, self._ctx.response_header_timeout)
             if req.head.chunked and self._upstream is not None:
                 self._send_upstream(b"0\r\n\r\n")
