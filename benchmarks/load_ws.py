@@ -68,8 +68,9 @@ import uvloop
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from load import (  # noqa: E402  (benchmarks/load.py: tool install and versions)
+from load import (  # noqa: E402  (benchmarks/load.py: tools, versions, process groups)
     HarnessError,
+    _signal_group,
     ensure_tools,
     machine_info,
     tool_versions,
@@ -566,10 +567,10 @@ class Procs:
         return proc
 
     def stop(self, proc: Proc) -> None:
-        _killpg(proc.proc, signal.SIGTERM)
+        _signal_group(proc.proc, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.proc.wait(5)
-        _killpg(proc.proc, signal.SIGKILL)  # whatever is left in its group
+        _signal_group(proc.proc, signal.SIGKILL)  # whatever is left in its group
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.proc.wait(2)
         with contextlib.suppress(ValueError):
@@ -577,21 +578,15 @@ class Procs:
 
     def stop_all(self) -> None:
         for proc in reversed(self.procs):
-            _killpg(proc.proc, signal.SIGTERM)
+            _signal_group(proc.proc, signal.SIGTERM)
         deadline = time.monotonic() + 5
         for proc in reversed(self.procs):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.proc.wait(max(0.1, deadline - time.monotonic()))
-            _killpg(proc.proc, signal.SIGKILL)
+            _signal_group(proc.proc, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.proc.wait(2)
         self.procs.clear()
-
-
-def _killpg(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    # The group id is the pid we started (start_new_session=True), never a name.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, sig)
 
 
 def group_stats(pgids: list[int]) -> tuple[float, int]:

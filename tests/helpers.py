@@ -550,3 +550,14 @@ def client_hello(server_name: str | None) -> bytes:
     with contextlib.suppress(ssl.SSLWantReadError):
         obj.do_handshake()
     return outgoing.read()
+
+
+def splits(data: bytes, cuts: list[int]) -> list[bytes]:
+    """``data`` cut at each offset in ``cuts`` (taken modulo its length + 1, deduplicated):
+    the reads a peer might deliver it in, for feeding a parser piece by piece."""
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    out, prev = [], 0
+    for c in [*points, len(data)]:
+        out.append(data[prev:c])
+        prev = c
+    return out

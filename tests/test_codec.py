@@ -17,6 +17,7 @@ from guard.errors import (
     UpstreamProtocolError,
 )
 from guard.http.codec import PARSERS, make_request_parser, make_response_parser
+from tests.helpers import splits
 
 MAX_HEADER_BYTES = 8192
 MAX_HEADERS = 50
@@ -84,15 +85,6 @@ def feed_request(parser: str, data: bytes, step: int | None = None, **kw):
         for i in range(0, len(data), step):
             p.feed(data[i : i + step])
     return rec, p
-
-
-def splits(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts})
-    out, prev = [], 0
-    for c in [*points, len(data)]:
-        out.append(data[prev:c])
-        prev = c
-    return out
 
 
 # ------------------------------------------------------------------ requests: parsing

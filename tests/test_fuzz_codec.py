@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from helpers import BackendConn, RawBackend
+from helpers import BackendConn, RawBackend, splits
 
 from guard.errors import GuardError
 from guard.http.codec import PARSERS, RequestHead, make_request_parser, make_response_parser
@@ -175,15 +175,6 @@ def _ends_connection(msg: Message) -> bool:
 
 def _stopped(messages: list[Message]) -> bool:
     return bool(messages) and messages[-1].complete and _ends_connection(messages[-1])
-
-
-def splits(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts})
-    out, prev = [], 0
-    for c in [*points, len(data)]:
-        out.append(data[prev:c])
-        prev = c
-    return out
 
 
 # ------------------------------------------------------------------------- generators

@@ -819,19 +819,7 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         now = time.perf_counter()
         upstream = now - self._t_upstream if self._t_upstream else 0.0
         stats.observe(101, req.head.method, "", now - self._t_start, upstream)
-        log = None
-        if ctx.access_log is not None:
-            head = req.head
-            log = {
-                "listener": ctx.name,
-                "client": self._client_ip,
-                "method": head.method.decode("latin-1"),
-                "host": head.host.decode("latin-1"),
-                "path": head.path.decode("latin-1"),
-                "route": self._route_name or None,
-                "service": self._service_name or None,
-                "backend": pool.backend.name,
-            }
+        log = self._log_fields(req, pool) if ctx.access_log is not None else None
         handover = websocket.Handover(
             ctx, self._route_name, stats, pool, self._container, self._ws_max, log
         )
@@ -1028,18 +1016,10 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         stats.observe(status or self._status, req.head.method, error, duration, upstream)
         log = self._ctx.access_log
         if log is not None:
-            head = req.head
             log.write(
                 {
                     "ts": time.time(),
-                    "listener": self._ctx.name,
-                    "client": self._client_ip,
-                    "method": head.method.decode("latin-1"),
-                    "host": head.host.decode("latin-1"),
-                    "path": head.path.decode("latin-1"),
-                    "route": self._route_name or None,
-                    "service": self._service_name or None,
-                    "backend": pool.backend.name if pool is not None else None,
+                    **self._log_fields(req, pool),
                     "status": status or None,
                     "error": error or None,
                     "bytes_in": self.bytes_in,
@@ -1048,6 +1028,21 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
                     "upstream_duration": round(upstream, 6) if self._t_upstream else None,
                 }
             )
+
+    def _log_fields(self, req: _Request, pool: UpstreamPool | None) -> dict[str, object]:
+        """What an access-log line says of the request (a WebSocket's line adds the rest
+        when it ends)."""
+        head = req.head
+        return {
+            "listener": self._ctx.name,
+            "client": self._client_ip,
+            "method": head.method.decode("latin-1"),
+            "host": head.host.decode("latin-1"),
+            "path": head.path.decode("latin-1"),
+            "route": self._route_name or None,
+            "service": self._service_name or None,
+            "backend": pool.backend.name if pool is not None else None,
+        }
 
     def _abort_upstream(self) -> None:
         upstream = self._upstream
