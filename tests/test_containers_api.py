@@ -653,7 +653,7 @@ def test_the_store_round_trips_and_sets_a_broken_file_aside(tmp_path: Path) -> N
             env=(("K", "V"),),
             port=53,
             resources=Resources(cpu=0.5, memory=64 << 20),
-            ready=ReadyProbe(udp=b"\x00ping"),
+            ready=ReadyProbe(udp=b"\x00ping", ports=("web",)),
         ),
         ports=(PortSpec("dns", "udp", 53, 20001),),
         tags=(("k", "v"),),
@@ -695,7 +695,8 @@ def test_a_container_with_several_ports(tmp_path: Path, token_env: None) -> None
         assert list(made["ports"]) == ["web", "admin", "db"]  # the main port first
         web = api.through(cid, port="web")
         assert web.status == 200
-        wait_for(lambda: api.through(cid, port="admin").status == 200, 10, "the admin port")
+        # Ready means every tcp/http port accepts (the app opens them in any order).
+        assert api.through(cid, port="admin").status == 200
         other = api.through(cid, port="admin").header("x-demo-port")
         assert other != web.header("x-demo-port")
         by_header = fetch(
@@ -705,10 +706,12 @@ def test_a_container_with_several_ports(tmp_path: Path, token_env: None) -> None
         default = fetch(g.port, host="x", headers=[("x-guard-container", cid)])
         assert default.header("x-demo-port") == web.header("x-demo-port")
         db = int(made["ports"]["db"]["address"].rsplit(":", 1)[1])
-        wait_for(lambda: _connects(db), 10, "the db port's listener")
+        wait_for(lambda: _connects(db), 10, "the db port's listener")  # Guard's listener
         assert _echo_tcp(db, b"tables\n") == b"tables\n"
         # One instance serves them all: a stop and one request to any port wakes it.
         api("POST", f"/v1/containers/{cid}/stop")
         assert _echo_tcp(db, b"woken\n") == b"woken\n"
+        api("POST", f"/v1/containers/{cid}/stop")
+        assert api.through(cid, port="admin").status == 200  # woken through the other port
         assert api.get(cid).json()["state"] == "running"
         assert_guard_error(api.through(cid, port="nope"), 404, "container_not_found")

@@ -215,6 +215,9 @@ class ContainersApi:
             # Nothing to probe, or udp, which has no reply every app gives: ready once it
             # runs (a moment to bind).
             spec = replace(spec, ready=ReadyProbe(delay=0.1 if ports else 0.05))
+        streams = tuple(p.name for p in ports[1:] if p.protocol != "udp")
+        if streams:
+            spec = replace(spec, ready=replace(spec.ready, ports=streams))
         if l4 and self.config.containers.tcp_ports is None:
             return error_answer(
                 409,

@@ -214,6 +214,10 @@ class ReadyProbe:
     tcp: bool = False
     udp: bytes | None = None
     delay: float | None = None
+    # API containers with several ports: the names (in ``InstanceHandle.ports``) of the
+    # other tcp/http ports, which must accept a connection too before the instance is
+    # ready, so a request woken through any port finds its listener there.
+    ports: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

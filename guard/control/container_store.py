@@ -44,6 +44,7 @@ def _spec(doc: dict[str, Any]) -> ContainerSpec:
             tcp=bool(ready.get("tcp")),
             udp=udp.encode("latin-1") if udp is not None else None,
             delay=ready.get("delay"),
+            ports=tuple(str(n) for n in ready.get("ports", ())),
         ),
         stop_timeout=float(doc["stop_timeout"]),
         extra_ports=tuple((str(n), int(p)) for n, p in doc.get("extra_ports", ())),

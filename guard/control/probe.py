@@ -13,6 +13,9 @@ with its exit reason instead of waiting out the timeout.
 - ``udp: PAYLOAD`` — the payload is sent (again every interval); any reply means ready.
 - ``delay: D`` — ready D after start (for apps no probe fits); combined with another
   probe, the delay is waited first.
+- ``ports`` (API containers with several ports) — then each named extra tcp/http port
+  must accept a TCP connection too: the app's listeners may come up in any order, and a
+  request that woke the instance through its second port must not find it closed.
 """
 
 from __future__ import annotations
@@ -63,23 +66,27 @@ async def wait_ready(
         if loop.time() >= deadline:
             raise NotReadyInTime(f"not ready within {timeout:g}s")
 
+    async def until_accepts(port: int, http_path: str | None) -> None:
+        attempt = 0
+        while True:
+            remaining = deadline - loop.time()
+            timeout = min(_ATTEMPT_TIMEOUT, max(remaining, 0.001))
+            if await check_once(handle.host, port, http_path, timeout):
+                return
+            await pause(FIRST_PAUSES[attempt] if attempt < len(FIRST_PAUSES) else interval)
+            attempt += 1
+
     check()
     if probe.delay:
         await pause(probe.delay)
-        if probe.http is None and not probe.tcp and probe.udp is None:
-            return
     if probe.udp is not None:
         await _udp_probe(handle, probe.udp, interval, exited, check)
-        return
-    attempt = 0
-    while True:
-        remaining = deadline - loop.time()
-        if await check_once(
-            handle.host, handle.port, probe.http, min(_ATTEMPT_TIMEOUT, max(remaining, 0.001))
-        ):
-            return
-        await pause(FIRST_PAUSES[attempt] if attempt < len(FIRST_PAUSES) else interval)
-        attempt += 1
+    elif probe.http is not None or probe.tcp or not probe.delay:  # nothing set: tcp
+        await until_accepts(handle.port, probe.http)
+    if probe.ports:
+        extra = dict(handle.ports)
+        for name in probe.ports:
+            await until_accepts(extra[name], None)
 
 
 async def check_once(host: str, port: int, http_path: str | None, timeout: float) -> bool:
