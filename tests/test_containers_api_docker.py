@@ -22,7 +22,7 @@ from guard.drivers.docker import LABEL_ID, LABEL_INSTANCE
 from tests import test_docker_driver
 from tests.helpers import assert_guard_error, wait_for
 from tests.test_admin_api import STAR, TOKEN_A, token_env
-from tests.test_containers_api import Api, start_api
+from tests.test_containers_api import Api, _admin_up, start_api
 from tests.test_containers_docker import SERVE
 from tests.test_docker_driver import IMAGE, SOCKET
 
@@ -165,3 +165,43 @@ def test_two_http_ports_on_docker(tmp_path: Path, token_env: None, guard_id: str
         assert any(e.startswith("PORT_ADMIN=") for e in info["Config"]["Env"])
         assert api.through(cid, port="web").status == 200
         wait_for(lambda: api.through(cid, port="admin").status == 200, 10, "the admin port")
+
+
+def test_a_restart_adopts_running_api_containers(
+    tmp_path: Path, token_env: None, guard_id: str
+) -> None:
+    """A SIGKILLed Guard leaves its API containers running; the next one (same guard_id,
+    same routes/ directory) takes over the ones still running instead of cold-starting
+    them, and keeps the stopped ones stopped."""
+    drivers = {"docker": {"network": "host", "socket": SOCKET, "guard_id": guard_id}}
+    body = {"image": IMAGE, "command": CHATTY, "ports": {"web": {"internal_port": 8080}}}
+    admin, ctx = start_api(tmp_path, extra={"drivers": drivers})
+    with ctx as g:
+        api = Api(g, admin)
+        r = api("POST", "/v1/containers?wait_ready=true", TOKEN_A, body)
+        assert r.status == 201, r.body
+        cid = r.json()["id"]
+        r = api("POST", "/v1/containers?wait_ready=true", STAR, body)
+        asleep = r.json()["id"]
+        assert api("POST", f"/v1/containers/{asleep}/stop", STAR).status == 200
+        assert api.through(cid, port="web").status == 200
+        [before] = daemon_containers(guard_id, cid)
+        g.proc.kill()
+        g.proc.wait(5)
+    [left] = daemon_containers(guard_id, cid)
+    assert left["Id"] == before["Id"] and left["State"]["Running"]
+
+    admin, ctx = start_api(tmp_path, extra={"drivers": drivers})
+    with ctx as g:
+        api = Api(g, admin)
+        wait_for(lambda: _admin_up(admin), 10, "admin API")
+        wait_for(lambda: api.get(cid, TOKEN_A).json()["state"] == "running", 15, "adopted")
+        r = api.through(cid, port="web")
+        assert r.status == 200 and r.header("x-guard-cold-start") is None
+        [after] = daemon_containers(guard_id, cid)
+        assert after["Id"] == before["Id"]  # the same container, not a new one
+        assert "adopting 1 running containers" in g.stderr
+        assert api.get(asleep, STAR).json()["state"] == "stopped"
+        assert daemon_containers(guard_id, asleep) == []
+    # Adopted, it is this Guard's own: a graceful stop stops and removes it.
+    assert daemon_containers(guard_id, cid) == []

@@ -395,19 +395,26 @@ def test_a_container_service_serves_across_a_restart(tmp_path: Path, workers: in
     )
     with guard_group(cfg) as g:
         first = wait_pid(pid_file, other_than=None, child=g)
-        load = Load(port, clients=2)
-        load.start()
-        try:
-            wait_for(lambda: load.count() > 20, 20, "load flowing (the first wake)")
-            os.kill(first, signal.SIGUSR2)
-            second = wait_pid(pid_file, other_than=first, child=g)
-            assert g.proc.wait(20) == 0, g.output[-3000:]
-            after = load.count()
-            wait_for(lambda: load.count() > after + 50, 20, "load on the new Guard")
-        finally:
-            load.finish()
-        assert load.failures == [] and load.resets == 0, (load.failures[:10], g.output[-3000:])
-        assert alive(second)
+        restart_under_load(g, port, pid_file, first)
+
+
+def restart_under_load(g: Child, port: int, pid_file: Path, first: int) -> int:
+    """SIGUSR2 to ``first`` while two clients keep requesting ``load.test``: the old Guard
+    exits 0, the new one (returned) serves, and not one request failed or was reset."""
+    load = Load(port, clients=2)
+    load.start()
+    try:
+        wait_for(lambda: load.count() > 20, 20, "load flowing (the first wake)")
+        os.kill(first, signal.SIGUSR2)
+        second = wait_pid(pid_file, other_than=first, child=g)
+        assert g.proc.wait(30) == 0, g.output[-3000:]
+        after = load.count()
+        wait_for(lambda: load.count() > after + 50, 20, "load on the new Guard")
+    finally:
+        load.finish()
+    assert load.failures == [] and load.resets == 0, (load.failures[:10], g.output[-3000:])
+    assert alive(second)
+    return second
 
 
 def test_keep_alive_connections_are_closed_between_requests(tmp_path: Path, demo: Demo) -> None:

@@ -241,26 +241,35 @@ class ContainerManager:
         return record.tenant if record is not None else None
 
     # ------------------------------------------------------------------ changes
-    async def restore(self) -> None:
-        """At start: the records a previous run kept, asleep (a request wakes each)."""
+    async def load(self) -> None:
+        """At start, before the route files' services: the records a previous run kept."""
         if self.store is None:
             return
-        records = await asyncio.to_thread(self.store.load)
-        for record in records:
+        for record in await asyncio.to_thread(self.store.load):
             self.state.put_container(record)
+
+    def service_configs(self) -> dict[str, ServiceConfig]:
+        return {r.service: service_config(r) for r in self.state.containers()}
+
+    async def restore(self) -> None:
+        """At start, after ``load``: a controller for each record. Its container is asleep
+        (a request wakes it) unless an earlier Guard left it running with the same spec
+        (docker): then it is adopted, and serves without a cold start."""
+        records = self.state.containers()
+        for record in records:
             try:
                 await self._control(record)
             except DriverError as e:
                 # Kept: a request gets 503 with this reason until the driver is back and
                 # Guard restarted; the API still shows and deletes it.
                 log.error("container %s cannot be run: %s", record.id, e)
-        if records:
+        if records and self.store is not None:
             log.info("%d API containers restored from %s", len(records), self.store.path)
 
     async def _control(self, record: ContainerRecord) -> ServiceController:
         plane = self.plane
-        driver = await plane._driver(record.spec.driver)  # DriverError: the caller says 503
-        ctl = ServiceController(service_config(record), driver, self.state, plane, loop=plane.loop)
+        # DriverError: the caller says 503. The plane adopts what an earlier Guard left.
+        ctl = await plane._controller(service_config(record))
         plane.controllers[record.service] = ctl
         return ctl
 
@@ -413,6 +422,8 @@ class ContainerManager:
 
     def tick(self, now: float) -> None:
         """``lifecycle.destroy_after``: delete what has been asleep that long."""
+        if self.plane.handing_over:
+            return  # the successor Guard decides from here
         for record in self.state.containers():
             after = record.lifecycle.destroy_after
             if after is None or record.deleting or record.id in self._deletes:

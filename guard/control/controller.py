@@ -71,6 +71,13 @@ class ControllerHost(Protocol):
 
     def instance_stopped(self, inst: Instance) -> None: ...
 
+    async def instance_released(self, inst: Instance) -> None:
+        """Handed to a successor Guard: its last usage reading by this one."""
+
+    def instance_adopted(self, inst: Instance) -> None:
+        """An adopted instance passed its probe: metered from now (or from when the Guard
+        that left it has exited, while that one still runs and meters it)."""
+
     def event(self, event: str, inst: Instance | None, **fields: object) -> None:
         """A lifecycle event for the structured log (wake, ready, sleep, scale, error)."""
 
@@ -104,6 +111,9 @@ class ServiceController:
         self.last_decision: Decision | None = None
         self.cpu_window: SampleWindow | None = None
         self.closing = False
+        # A successor Guard serves (binary restart) and adopted the running containers:
+        # no decision of this one may stop them any more (see ``hand_over``).
+        self.handing_over = False
         self.configure(config)
 
     def configure(self, config: ServiceConfig, *, retire: bool = True) -> None:
@@ -278,7 +288,8 @@ class ServiceController:
             phase=Phase.STARTING,
             created_at=self.loop.time(),
             handle=handle,
-            started_wall=time.time(),  # metered from now: the earlier Guard had the rest
+            started_wall=time.time(),
+            metered=False,  # until the plane says (instance_adopted): the earlier Guard's
         )
         self.state.put(inst)
         self.host.event("adopt", inst, container=handle.container_id)
@@ -301,6 +312,7 @@ class ServiceController:
                 inst.ready_at = inst.last_active = self.loop.time()
                 self.state.put(inst)
                 self.host.instance_started(inst)
+                self.host.instance_adopted(inst)
                 self.host.publish(self.name)
                 probe_ms = round((inst.ready_at - t0) * 1000, 1)
                 self.host.event("ready", inst, adopted=True, probe_ms=probe_ms)
@@ -392,7 +404,7 @@ class ServiceController:
         for inst in instances:
             if load.in_flight.get(inst.id, 0) > 0 or inst.id in load.active:
                 inst.last_active = now
-        if self.closing:
+        if self.closing or self.handing_over:
             return
         if self.config.per_key:
             for inst in instances:
@@ -444,6 +456,30 @@ class ServiceController:
             self.cpu_window.add(now, utilization)
 
     # -------------------------------------------------------------- shutdown
+    def hand_over(self) -> None:
+        """A successor Guard serves now (a binary restart) and has adopted the running
+        containers: no more idle sleeps or scale-downs here (they would stop a container
+        the successor serves). Wakes for requests still in flight are still served."""
+        self.handing_over = True
+
+    async def release(self) -> None:
+        """Shutdown after a handover, on a driver whose instances outlive Guard: the
+        ready ones are the successor's now, so each gets its last usage reading and is
+        forgotten, not stopped. The rest (starting, draining) stop as in ``close``; the
+        successor removes what it did not adopt once this Guard has exited."""
+        self.closing = True
+
+        async def release(inst: Instance, handle: InstanceHandle) -> None:
+            await self.host.instance_released(inst)
+            self.driver.release(handle)
+            self.state.remove(inst.id)
+            self.host.event("released", inst, container=handle.container_id)
+
+        await asyncio.gather(
+            *(release(i, i.handle) for i in self.instances(Phase.READY) if i.handle is not None)
+        )
+        await self.close()
+
     async def close(self) -> None:
         """Stop every instance (draining ready ones up to stop_timeout)."""
         self.closing = True

@@ -84,7 +84,7 @@ class UsageMeter:
         for ctl in list(self.plane.controllers.values()):
             utilizations: list[float] = []
             for inst in ctl.instances(Phase.READY, Phase.DRAINING, Phase.STARTING):
-                if inst.handle is None or inst.started_wall is None:
+                if inst.handle is None or inst.started_wall is None or not inst.metered:
                     continue
                 util = await self._slice(inst, final=False)
                 if util is not None and inst.phase is Phase.READY:
@@ -96,11 +96,57 @@ class UsageMeter:
         """The instance is about to be stopped: its last slice, read while it still runs."""
         if inst.handle is not None and inst.started_wall is not None:
             await self._slice(inst, final=True)
+        self._end(inst)
+
+    async def instance_released(self, inst: Instance) -> None:
+        """Handed to a successor Guard (binary restart): the last slice this Guard
+        meters, which does not say stopped; the successor meters from when it has exited."""
+        await self._slice(inst, final=False)
+        self._end(inst)
+
+    def _end(self, inst: Instance) -> None:
+        # No slice after the last one: a periodic reading still waiting on the driver
+        # when this one was written sees ``metered`` False and is dropped (it would
+        # otherwise start a second sequence, from ``started_wall``).
+        inst.metered = False
         self._last.pop(inst.id, None)
+
+    async def begin(self, inst: Instance) -> None:
+        """An adopted instance: metered from where the Guard that left it stopped, the end
+        of its last slice in the ledger (so the slices run end to end across a handover or
+        a crash: the container ran all along), else from now. CPU counts from the driver's
+        first reading of an adopted instance (0), so the baseline is set at once, before
+        that reading (a docker stats call can take a second) returns with the memory: a
+        slice that ends meanwhile still starts at the baseline, and none is billed twice."""
+        inst.metered = True
+        ctl = self.plane.controllers.get(inst.service) if self.plane is not None else None
+        if ctl is None or inst.handle is None or inst.id in self._last:
+            return
+        now = time.time()
+        last_end = await self._last_end(inst.id)
+        if inst.id in self._last or not inst.metered:
+            return  # read (or stopped) meanwhile
+        wall = last_end if last_end is not None and last_end <= now else now
+        baseline = self._last[inst.id] = _Sample(wall, 0.0, 0)
+        try:
+            stats = await ctl.driver.stats(inst.handle)
+        except DriverError:
+            return  # gone meanwhile: its exit is reported and handled as any other
+        if self._last.get(inst.id) is baseline:
+            self._last[inst.id] = _Sample(wall, stats.cpu_seconds, stats.memory_bytes)
+
+    async def _last_end(self, instance: str) -> float | None:
+        if self.ledger is None:
+            return None
+        try:
+            return await asyncio.to_thread(self.ledger.last_end, instance)
+        except Exception as e:  # a ledger that cannot be read: metered from now
+            log.warning("usage: cannot read where %s was last metered: %s", instance, e)
+            return None
 
     async def _slice(self, inst: Instance, *, final: bool) -> float | None:
         ctl = self.plane.controllers.get(inst.service) if self.plane is not None else None
-        if ctl is None or inst.handle is None or inst.started_wall is None:
+        if ctl is None or inst.handle is None or inst.started_wall is None or not inst.metered:
             return None
         try:
             stats = await ctl.driver.stats(inst.handle)
@@ -113,6 +159,8 @@ class UsageMeter:
                 prev.cpu_seconds if prev else 0.0,
                 prev.memory_bytes if prev else 0,
             )
+        if not inst.metered:
+            return None  # its last slice was written while this reading was under way
         first = inst.id not in self._last
         prev = self._last.get(inst.id) or _Sample(inst.started_wall, 0.0, reading.memory_bytes)
         self._last[inst.id] = reading

@@ -96,9 +96,12 @@ class ControlPlane:
         self.drivers: dict[str, Driver] = dict(drivers or {})
         self._own_drivers: list[Driver] = []
         self._workdir: Path | None = None
-        # False in a Guard taking over from a running one (a binary restart): containers
-        # with this guard.id are that one's, serving until it has drained.
-        self.reap_orphans = True
+        # True while the Guard this one takes over from (a binary restart) still runs: it
+        # serves, and meters, the containers this one adopts from it until it exits
+        # (``predecessor_exited``).
+        self.predecessor_running = False
+        self.handing_over = False  # this Guard's successor serves: see ``hand_over``
+        self._background: set[asyncio.Task[None]] = set()
         self.routes: RoutesConfig = config.routes  # the route files in force
         self.controllers: dict[str, ServiceController] = {}
         self.health: dict[str, HealthChecker] = {}
@@ -123,6 +126,9 @@ class ControlPlane:
 
     # ------------------------------------------------------------------ setup
     async def start(self) -> None:
+        # API containers' records first: their services are candidates for adopting the
+        # running containers an earlier Guard left, when the docker driver is made.
+        await self.containers.load()
         await self._apply(self.config.routes)
         await self.containers.restore()
         self._tick_task = self.loop.create_task(self._run())
@@ -161,16 +167,12 @@ class ControlPlane:
             docker_cfg = self.config.drivers.docker
             assert docker_cfg is not None  # the loader checked the service's driver exists
             driver = DockerDriver(docker_cfg, guard_id=docker_guard_id(self.config))
-            reaped = []
-            if self.reap_orphans:
-                # A plain start: containers an earlier Guard left (it crashed) are adopted
-                # when they still match their service, the rest removed. A Guard taking
-                # over from a running one (binary restart) does neither: those containers
-                # are the old Guard's, which drains and stops them itself.
-                await self._adopt_leftovers(driver)
-                reaped = await driver.reap_orphans()
-            if reaped:
-                log.warning("removed %d containers left by an earlier Guard", len(reaped))
+            # Running containers an earlier Guard left (it crashed, or is handing over to
+            # this one) are adopted when they still match their service. The rest are
+            # removed: now, or, when that Guard still runs (draining), once it exits.
+            await self._adopt_leftovers(driver)
+            if not self.predecessor_running:
+                await self._reap(driver)
         else:
             raise DriverError(f"unknown driver {name!r}")
         self.drivers[name] = driver
@@ -235,6 +237,42 @@ class ControlPlane:
             ctl.adopt(left.handle, left.key)
         return ctl
 
+    async def _reap(self, driver: Driver) -> None:
+        reap = getattr(driver, "reap_orphans", None)
+        if reap is None:
+            return
+        reaped = await reap()
+        if reaped:
+            log.warning("removed %d containers left by an earlier Guard", len(reaped))
+
+    async def predecessor_exited(self) -> None:
+        """The Guard this one took over from has exited: it released what this one
+        adopted (last usage readings written), so metering them starts here, and what it
+        left that nobody adopted is removed."""
+        self.predecessor_running = False
+        adopted = [
+            inst
+            for service in self.state.services()
+            for inst in self.state.of_service(service)
+            if not inst.metered and inst.phase is Phase.READY
+        ]
+        await asyncio.gather(*(self._begin_metering(inst) for inst in adopted))
+        for driver in self._own_drivers:
+            try:
+                await self._reap(driver)
+            except DriverError as e:
+                log.warning("cannot remove containers left by the earlier Guard: %s", e)
+
+    async def _begin_metering(self, inst: Instance) -> None:
+        if self.meter is None:
+            inst.metered = True
+        else:
+            try:
+                await self.meter.begin(inst)
+            except Exception:
+                log.exception("usage: first reading of adopted %s failed", inst.id)
+        self.state.put(inst)
+
     async def _adopt_leftovers(self, driver: DockerDriver) -> None:
         """The running containers an earlier Guard left that still fit the route files:
         taken over by the driver now, by their controllers as these are made."""
@@ -242,13 +280,13 @@ class ControlPlane:
         from guard.drivers.docker import spec_digest
 
         network = driver.network
+        # Route files' services and API containers' (whose names win, as in ``_apply``).
+        services = {**self.routes.services, **self.containers.service_configs()}
         found = adoptable(
-            await driver.leftovers(),
-            self.routes.services,
-            lambda spec: spec_digest(spec, network),
+            await driver.leftovers(), services, lambda spec: spec_digest(spec, network)
         )
         for service, lefts in found.items():
-            stop_timeout = self.routes.services[service].container.stop_timeout  # type: ignore[union-attr]
+            stop_timeout = services[service].container.stop_timeout  # type: ignore[union-attr]
             for left in lefts:
                 driver.adopt(left, stop_timeout)
             self._adopted[service] = lefts
@@ -335,6 +373,19 @@ class ControlPlane:
             except Exception:
                 log.exception("usage: last reading of %s failed", inst.id)
 
+    async def instance_released(self, inst: Instance) -> None:
+        if self.meter is not None:
+            try:
+                await self.meter.instance_released(inst)
+            except Exception:
+                log.exception("usage: last reading of %s failed", inst.id)
+
+    def instance_adopted(self, inst: Instance) -> None:
+        if not self.predecessor_running:  # else: once it has exited (predecessor_exited)
+            task = self.loop.create_task(self._begin_metering(inst))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
     def instance_stopped(self, inst: Instance) -> None:
         self.stats.stopped(inst)
         for hook in self.on_stopped:
@@ -399,13 +450,28 @@ class ControlPlane:
             ctl.on_exit(handle.id, code, reason)
 
     # ---------------------------------------------------------------- shutdown
+    def hand_over(self) -> None:
+        """A successor Guard serves now (binary restart). It adopted the running
+        containers of drivers that outlive Guard (docker) at its start, so from here
+        nothing may stop them: no idle sleeps, scale-downs or ``destroy_after``; at
+        ``close`` they are released (a last usage reading), not stopped."""
+        self.handing_over = True
+        for ctl in self.controllers.values():
+            ctl.hand_over()
+
     async def close(self) -> None:
         if self._tick_task is not None:
             self._tick_task.cancel()
         for checker in self.health.values():
             checker.stop()
         await self.containers.close()
-        await asyncio.gather(*(c.close() for c in self.controllers.values()))
+        handing_over = self.handing_over
+        await asyncio.gather(
+            *(
+                c.release() if handing_over and c.driver.outlives_guard else c.close()
+                for c in self.controllers.values()
+            )
+        )
         for unhook in self._unhook:
             unhook()
         for driver in self._own_drivers:

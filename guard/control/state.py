@@ -39,6 +39,8 @@ class Instance:
     handle: InstanceHandle | None = None  # None until the driver created it
     ready_at: float | None = None  # loop time the probe passed
     started_wall: float | None = None  # unix time the driver started it (usage, logs)
+    # False while another Guard meters it: adopted from a Guard that is still draining.
+    metered: bool = True
     last_active: float = 0.0  # loop time work was last seen on it
     stop_reason: str | None = None  # why it is going away ("idle", "scale down", ...)
     exit_reason: str | None = None  # the driver's words when it exited

@@ -159,6 +159,10 @@ class Driver(abc.ABC):
     # (drivers with no daemon, like process, are always up).
     up: bool = True
     outages: int = 0
+    # Whether instances keep running when Guard lets go of them (docker containers; not
+    # the process driver's children): then a binary restart hands them to the successor,
+    # which adopts them, instead of stopping them (``release``).
+    outlives_guard: bool = False
 
     @abc.abstractmethod
     async def create(
@@ -199,6 +203,11 @@ class Driver(abc.ABC):
     def follow_logs(self, handle: InstanceHandle) -> AsyncIterator[bytes]:
         """Output as the instance writes it, from now until it is gone."""
         raise DriverError(f"the {self.name} driver keeps no logs")
+
+    def release(self, handle: InstanceHandle) -> None:
+        """Let go of a running instance without stopping it: another Guard adopted it.
+        From now on this driver neither stops, removes, meters nor reports it."""
+        raise DriverError(f"the {self.name} driver cannot hand instances over")
 
     @abc.abstractmethod
     def on_exit(self, callback: ExitCallback) -> Callable[[], None]:

@@ -252,6 +252,7 @@ class _Instance:
 
 class DockerDriver(Driver):
     name = "docker"
+    outlives_guard = True  # a container runs on without its client
 
     def __init__(
         self,
@@ -434,6 +435,13 @@ class DockerDriver(Driver):
             if not isinstance(e.__cause__, DockerError) or e.__cause__.status != 404:
                 raise
         self._forget(inst)
+
+    def release(self, handle: InstanceHandle) -> None:
+        """A binary restart: the successor Guard adopted this container (same guard id,
+        labels and spec), so this one must not stop or remove it on close."""
+        inst = self._instances.get(handle.id)
+        if inst is not None:
+            self._forget(inst)
 
     def _forget(self, inst: _Instance) -> None:
         self._instances.pop(inst.handle.id, None)

@@ -17,7 +17,7 @@ from guard.control.metering import TrafficReport, UsageMeter
 from guard.control.metrics import control_snapshot
 from guard.control.plane import ControlPlane
 from guard.metrics.snapshot import Snapshot, add
-from guard.runtime.handover import predecessor
+from guard.runtime.handover import predecessor, wait_exit
 from guard.usage.ledger import UsageLedger
 
 log = logging.getLogger("guard.control")
@@ -45,9 +45,12 @@ class ControlHost:
     def __init__(self, config: GuardConfig) -> None:
         self.config = config
         self.plane = ControlPlane(config)
-        # After a binary restart the containers left with this Guard's id are the old
-        # Guard's, still serving while it drains (it stops them itself): not orphans.
-        self.plane.reap_orphans = predecessor() is None
+        # A binary restart: the Guard before this one still serves while it drains. This
+        # one adopts its running containers now and meters them (and removes what it left
+        # unadopted) once it has exited.
+        self._predecessor = predecessor()
+        self.plane.predecessor_running = self._predecessor is not None
+        self._watch: asyncio.Task[None] | None = None
         self.ledger: UsageLedger | None = None
         self.meter: UsageMeter | None = None
         self._ledger_task: asyncio.Task[None] | None = None
@@ -70,6 +73,19 @@ class ControlHost:
         await self.plane.start()
         if self.meter is not None:
             self.meter.start()
+        if self._predecessor is not None:
+            self._watch = asyncio.get_running_loop().create_task(
+                self._after_predecessor(self._predecessor)
+            )
+
+    async def _after_predecessor(self, pid: int) -> None:
+        await wait_exit(pid)
+        log.info("the Guard this one took over from (pid %d) has exited", pid)
+        await self.plane.predecessor_exited()
+
+    def hand_over(self) -> None:
+        """A successor Guard serves now: it has adopted the running containers."""
+        self.plane.hand_over()
 
     @property
     def usage_interval(self) -> float | None:
@@ -95,7 +111,10 @@ class ControlHost:
 
     async def close(self) -> None:
         """After the data plane drained: stop instances (their last usage slices), then
-        the ledger's final flush."""
+        the ledger's final flush. After a handover (``hand_over``) the containers the
+        successor adopted are released instead: their last slices, not stopped."""
+        if self._watch is not None:
+            self._watch.cancel()
         await self.plane.close()
         if self.meter is not None:
             await self.meter.close()

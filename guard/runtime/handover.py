@@ -53,6 +53,42 @@ def predecessor() -> int | None:
     return _predecessor[0] if _predecessor else None
 
 
+async def wait_exit(pid: int, poll: float = 0.1) -> None:
+    """Return once process ``pid`` has exited. A pidfd (Linux 5.3+) turns readable when it
+    does, zombie or not; elsewhere ``pid`` is polled (a zombie counts as exited: its parent,
+    not this process, reaps it)."""
+    loop = asyncio.get_running_loop()
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    except (AttributeError, OSError):
+        while _running(pid):
+            await asyncio.sleep(poll)
+        return
+    exited = loop.create_future()
+    loop.add_reader(fd, lambda: exited.done() or exited.set_result(None))
+    try:
+        await exited
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True  # no /proc: kill() said it exists
+
+
 def take_sockets(
     config: GuardConfig, *, slots: int, reuse_port: bool, admin: bool = True
 ) -> ListenSockets:

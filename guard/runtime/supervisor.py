@@ -259,6 +259,8 @@ class Supervisor:
         async def restart() -> None:
             if await start_successor(self.sockets) is not None and not stop.is_set():
                 self.handed_over = True
+                if self.control is not None:
+                    self.control.hand_over()  # the successor adopted the containers
                 stop.set()
 
         self._restart = asyncio.get_running_loop().create_task(restart())

@@ -602,6 +602,8 @@ async def serve(
         nonlocal handed_over
         if await start_successor(sockets) is not None and not stop.is_set():
             handed_over = True
+            if host is not None:
+                host.hand_over()  # the successor adopted the containers: keep them running
             stop.set()
 
     def on_sigusr2() -> None:
