@@ -295,6 +295,50 @@ def test_cpu_and_memory_quota(tmp_path: Path, token_env: None) -> None:
         api.create(TOKEN_A, resources={"cpu": "250m", "memory": "128MiB"})
 
 
+def _service(max_: int, **resources: Any) -> dict[str, Any]:
+    container: dict[str, Any] = {"driver": "process", "command": DEMO}
+    if resources:
+        container["resources"] = resources
+    return {"container": container, "scale": {"max": max_}}
+
+
+def test_container_services_count_against_the_quota(tmp_path: Path, token_env: None) -> None:
+    """PUT /v1/services cannot get a tenant past its quota: each container service
+    reserves scale.max containers, with POST /v1/containers in the same account."""
+    quota = {"a": {"max_containers": 3, "max_cpu": 1, "max_memory": "256MiB"}}
+    admin, ctx = start_api(tmp_path, extra={"tenants": quota})
+    with ctx as g:
+        api = Api(g, admin)
+        r = api("PUT", "/v1/services/s1", TOKEN_A, _service(2))
+        assert_guard_error(r, 400, "invalid_config")
+        assert "services.s1.container.resources.cpu: required" in r.json()["errors"][0]
+        small = {"cpu": 0.25, "memory": "64MiB"}
+        assert api("PUT", "/v1/services/s1", TOKEN_A, _service(2, **small)).status == 200
+        r = api("PUT", "/v1/services/s2", TOKEN_A, _service(2, **small))
+        assert_guard_error(r, 429, "quota_exceeded")
+        assert "max_containers is 3 and this would reserve 4 (now 2)" in r.json()["message"]
+        assert api("GET", "/v1/services/s2", TOKEN_A).status == 404  # nothing changed
+        # Scaling s1 up past the quota is refused too; the operator (*) is not limited.
+        r = api("PUT", "/v1/services/s1", TOKEN_A, _service(3, cpu=0.5, memory="64MiB"))
+        assert_guard_error(r, 429, "quota_exceeded")
+        assert "max_cpu is 1 and this would reserve 1.5" in r.json()["message"]
+        assert api("PUT", "/v1/services/big", STAR, _service(50, **small)).status == 200
+        # An API container takes the last container the quota has; then none is left.
+        api.create(TOKEN_A, resources=small)
+        r = api("POST", "/v1/containers", TOKEN_A, demo(resources=small))
+        assert_guard_error(r, 429, "quota_exceeded")
+        tenant = api("GET", "/v1/tenants/a", TOKEN_A).json()
+        assert tenant["reserved"] == {"containers": 3, "cpu": 0.75, "memory": 3 * (64 << 20)}
+        # Changes that do not grow the reservation go through, even at the limit; a
+        # smaller s1 makes room for a second container.
+        route = {"listener": "web", "match": {"host": "s1.a.test"}, "service": "s1"}
+        assert api("PUT", "/v1/routes/r1", TOKEN_A, route).status == 200
+        assert api("PUT", "/v1/services/s1", TOKEN_A, _service(1, **small)).status == 200
+        api.create(TOKEN_A, resources=small)
+        assert api("DELETE", "/v1/routes/r1", TOKEN_A).status == 200
+        assert api("DELETE", "/v1/services/s1", TOKEN_A).status == 200
+
+
 # ------------------------------------------------------------------------------ validation
 
 

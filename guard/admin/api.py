@@ -60,8 +60,8 @@ class AdminApi:
     ) -> None:
         self.tokens = tokens
         self.state = StateApi(routes, plane)
-        self.writer = RouteWriter(config, self.state, reload_now)
         self.tenants = TenantsApi(config, tokens.tenants, routes, plane)
+        self.writer = RouteWriter(config, self.state, reload_now, self.tenants)
         self.containers = ContainersApi(config, plane, self.tenants)
         self.usage = usage
         self.openapi = document()

@@ -27,8 +27,9 @@ from urllib.parse import parse_qsl
 from guard.admin.answers import Answer, error_answer, json_answer
 from guard.admin.auth import Caller
 from guard.admin.container_body import BodyErrors, UpgradeRequest, parse_body, parse_upgrade
+from guard.admin.quota import exceeded, missing_limit, of_resources
 from guard.config import units
-from guard.config.model import GuardConfig, ReadyProbe
+from guard.config.model import GuardConfig, ReadyProbe, Resources
 from guard.control.containers import (
     WAKE_TIMEOUT,
     ContainerRecord,
@@ -112,7 +113,6 @@ class ContainersApi:
         self.config = config
         self.plane = plane
         self.tenants = tenants
-        self._create_lock = asyncio.Lock()  # the quota check and the create, together
         self._upgrading: set[str] = set()  # container ids with an upgrade under way
         listener = config.listeners.get(config.containers.listener or "")
         self._scheme = "https" if listener is not None and listener.protocol == "https" else "http"
@@ -225,7 +225,7 @@ class ContainersApi:
                 f"ports.{l4[0].name}: {l4[0].protocol} ports need containers.tcp_ports in"
                 " guard.yaml (the range their listeners are given ports from)",
             )
-        async with self._create_lock:
+        async with self.tenants.quota_lock:  # the quota check and the create, together
             self._check_quota(plane, caller, spec.resources.cpu, spec.resources.memory)
             given: dict[str, int] = {}
             for p in l4:
@@ -289,33 +289,17 @@ class ContainersApi:
         quota = self.config.tenants.get(caller.tenant)
         if quota is None:
             return
-        name = caller.tenant
-        if quota.max_cpu is not None and cpu is None:
-            raise _bad(
-                f"resources.cpu: required: tenant {name} has a cpu quota ({quota.max_cpu:g})"
-            )
-        if quota.max_memory is not None and memory is None:
-            raise _bad(
-                f"resources.memory: required: tenant {name} has a memory quota"
-                f" ({quota.max_memory} bytes)"
-            )
-        use = self.tenants.use(name)
-        problem = None
-        if quota.max_containers is not None and use["containers"] + 1 > quota.max_containers:
-            problem = f"max_containers is {quota.max_containers} and {use['containers']} are in use"
-        elif quota.max_cpu is not None and use["cpu"] + (cpu or 0) > quota.max_cpu + 1e-9:
-            problem = (
-                f"max_cpu is {quota.max_cpu:g} and {use['cpu']:g} is in use; this container"
-                f" asks for {cpu:g}"
-            )
-        elif quota.max_memory is not None and use["memory"] + (memory or 0) > quota.max_memory:
-            problem = (
-                f"max_memory is {quota.max_memory} bytes and {use['memory']} are in use; this"
-                f" container asks for {memory}"
-            )
+        asked = Resources(cpu=cpu, memory=memory)
+        missing = missing_limit(quota, asked, "resources")
+        if missing is not None:
+            raise _bad(missing)
+        before = self.tenants.reserved(caller.tenant)
+        problem = exceeded(quota, before, before + of_resources(asked))
         if problem is not None:
             raise _Refused(
-                error_answer(429, "quota_exceeded", f"tenant {name}: quota exceeded: {problem}")
+                error_answer(
+                    429, "quota_exceeded", f"tenant {caller.tenant}: quota exceeded: {problem}"
+                )
             )
 
     # ------------------------------------------------------------------ list

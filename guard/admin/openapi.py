@@ -215,10 +215,14 @@ TENANT = _obj(
             },
             closed=False,
         ),
+        "reserved": _obj(
+            {"containers": _INT, "cpu": {"type": "number"}, "memory": _INT},
+            ("containers", "cpu", "memory"),
+        ),
         "services": {"type": "array", "items": _STR},
         "routes": {"type": "array", "items": _STR},
     },
-    ("name", "quota", "use"),
+    ("name", "quota", "use", "reserved"),
     closed=False,
 )
 
@@ -279,6 +283,10 @@ def _collection(kind: str, item: str, view: str) -> dict[str, Any]:
                         "routes_not_a_directory | reload_rejected | admin_file_invalid | conflict"
                     ),
                     "413": _error("body over 1 MiB"),
+                    "429": _error(
+                        "quota_exceeded: a tenant's container services would reserve more than"
+                        " its quota (each reserves scale.max containers)"
+                    ),
                     "500": _error("routes_write_failed: the route directory cannot be written"),
                     "415": _error("the body is not application/json"),
                     **_AUTH_ERRORS,
@@ -361,7 +369,8 @@ def _paths() -> dict[str, Any]:
         "/v1/tenants/{name}": {
             "parameters": [_NAME],
             "get": {
-                "summary": "one tenant's quota (enforced on POST /v1/containers) and current use",
+                "summary": "one tenant's quota (enforced on POST /v1/containers and PUT"
+                " /v1/services), what it reserves and what it uses",
                 "responses": {
                     "200": {"description": "the tenant", **_json(_ref("Tenant"))},
                     "404": _error("no such tenant, or not the caller's"),

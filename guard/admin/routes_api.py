@@ -12,6 +12,8 @@ it exists, else the caller's. Each write, one at a time:
    gets exactly the ``file: key: message`` lines a bad file would;
 3. tenant rules the loader does not know: a tenant's route may only use the tenant's own
    services, and may not take a host (or SNI name) that a route of another file serves;
+   a tenant with a quota may not grow what it reserves past it (``guard.admin.quota``:
+   each container service reserves ``scale.max`` containers; 429 ``quota_exceeded``);
 4. the file is replaced atomically (temp file, fsync, rename, fsync of the directory);
 5. the same reload as SIGHUP runs, and the answer waits for it: 200 with the object as now
    served, or 409 with the reasons (and the previous file back) if the reload refused.
@@ -37,8 +39,10 @@ import yaml
 
 from guard.admin.answers import Answer, error_answer, json_answer
 from guard.admin.auth import ALL, Caller
+from guard.admin.quota import exceeded, missing_limit, of_services
 from guard.admin.state_api import StateApi, route_view
 from guard.admin.tenancy import admin_file, owner_of, owner_of_name
+from guard.admin.tenants_api import TenantsApi
 from guard.config import load_routes
 from guard.config.model import GuardConfig, RoutesConfig
 from guard.errors import ConfigError, ConfigErrors
@@ -73,9 +77,12 @@ class _Refused(Exception):
 
 
 class RouteWriter:
-    def __init__(self, config: GuardConfig, state: StateApi, reload_now: ReloadNow) -> None:
+    def __init__(
+        self, config: GuardConfig, state: StateApi, reload_now: ReloadNow, tenants: TenantsApi
+    ) -> None:
         self.config = config
         self.state = state
+        self.tenants = tenants
         self.reload_now = reload_now
         self.dir = config.routes_path
         # Error lines name files as the operator knows them: routes/_admin.yaml.
@@ -97,7 +104,7 @@ class RouteWriter:
         self, caller: Caller, kind: str, name: str, entry: dict[str, Any] | None
     ) -> Answer:
         try:
-            async with self._lock:
+            async with self._lock, self.tenants.quota_lock:
                 return await self._change(caller, kind, name, entry)
         except _Refused as r:
             return r.answer
@@ -133,7 +140,9 @@ class RouteWriter:
         owner = owner_of_name(target) or ALL
         lines = self._tenant_rules(owner, target, doc)
         if not lines:
-            lines = await asyncio.to_thread(self._validate, target, text)
+            lines, candidate = await asyncio.to_thread(self._validate, target, text)
+            if not lines and candidate is not None:
+                self._check_quota(owner, target, kind, name, candidate)
         if lines:
             raise _Refused(
                 error_answer(
@@ -259,8 +268,46 @@ class RouteWriter:
                     )
         return lines
 
-    def _validate(self, target: str, text: str | None) -> list[str]:
-        """Blocking: the loader over the route directory with ``text`` as ``target``."""
+    def _check_quota(
+        self, owner: str, target: str, kind: str, name: str, candidate: RoutesConfig
+    ) -> None:
+        """A tenant's container services reserve ``scale.max`` containers each
+        (``guard.admin.quota``): refuse a change that grows the reservation past the
+        tenant's quota (429), or a container service without the limits it needs (400)."""
+        quota = self.config.tenants.get(owner)
+        if owner == ALL or quota is None:
+            return
+        own = [s for s in candidate.services.values() if s.source and s.source.name == target]
+        if kind == "services":
+            svc = candidate.services.get(name)
+            if svc is not None and svc.container is not None:
+                where = f"{self.shown}/{target}: services.{name}.container.resources"
+                missing = missing_limit(quota, svc.container.resources, where)
+                if missing is not None:
+                    raise _Refused(
+                        error_answer(
+                            400,
+                            "invalid_config",
+                            f"the change to {self.shown}/{target} does not validate;"
+                            " nothing changed",
+                            errors=[missing],
+                        )
+                    )
+        before = self.tenants.reserved(owner)
+        problem = exceeded(quota, before, self.tenants.api_reserved(owner) + of_services(own))
+        if problem is not None:
+            raise _Refused(
+                error_answer(
+                    429,
+                    "quota_exceeded",
+                    f"tenant {owner}: quota exceeded: {problem} (each container service"
+                    " reserves scale.max containers)",
+                )
+            )
+
+    def _validate(self, target: str, text: str | None) -> tuple[list[str], RoutesConfig | None]:
+        """Blocking: the loader over the route directory with ``text`` as ``target``:
+        its error lines, or none and what it loaded."""
         staging = self.dir / STAGING
         staging.mkdir(exist_ok=True)
         for old in staging.iterdir():
@@ -274,14 +321,14 @@ class RouteWriter:
         if text is not None:
             (staging / target).write_text(text, encoding="utf-8")
         try:
-            load_routes(staging, self.config.listeners, self.config.drivers)
+            loaded = load_routes(staging, self.config.listeners, self.config.drivers)
         except ConfigErrors as e:
-            return [self._line(err, staging) for err in e.errors]
+            return [self._line(err, staging) for err in e.errors], None
         finally:
             # No copy of a candidate stays behind. (The loader's parse cache is keyed by
             # what the symlinks point at, so the next validation still hits it.)
             shutil.rmtree(staging, ignore_errors=True)
-        return []
+        return [], loaded
 
     def _line(self, err: ConfigError, staging: Path) -> str:
         prefix = os.path.normpath(str(staging)) + os.sep

@@ -5,16 +5,21 @@ counts, and reserves its ``resources``, whether running or asleep: a request may
 at any time), plus the instances of the container services in its admin file
 (``routes/_admin-<tenant>.yaml``) that are not stopped (``container.resources``; an
 instance without a limit reserves nothing here, and says so). ``POST /v1/containers``
-enforces the quota (429 ``quota_exceeded``); route-file services are counted, not refused.
+and ``PUT /v1/services`` enforce the quota on what the tenant *reserves*
+(``guard.admin.quota``: each API container, and ``scale.max`` of each of its container
+services), shown as ``reserved``; 429 ``quota_exceeded`` names the limit.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from guard.admin.answers import Answer, error_answer, json_answer
 from guard.admin.auth import Caller
+from guard.admin.quota import Reservation, of_resources, of_services
 from guard.admin.tenancy import admin_file, owner_of
 from guard.config.model import GuardConfig, RoutesConfig
 from guard.control.state import Phase
@@ -35,6 +40,9 @@ class TenantsApi:
         self.token_tenants = token_tenants
         self.routes = routes
         self.plane = plane
+        # Held from a quota check to the change it admits (POST /v1/containers, PUT and
+        # DELETE of routes and services), so two changes cannot both fit the same room.
+        self.quota_lock = asyncio.Lock()
 
     def known(self) -> list[str]:
         """Tenants with a quota, a token or an admin file in force."""
@@ -98,6 +106,22 @@ class TenantsApi:
             "services": services,
         }
 
+    def api_reserved(self, name: str) -> Reservation:
+        """What tenant ``name``'s API containers reserve."""
+        plane = self.plane()
+        total = Reservation()
+        if plane is not None:
+            for record in plane.containers.records():
+                if record.tenant == name:
+                    total += of_resources(record.spec.resources)
+        return total
+
+    def reserved(self, name: str) -> Reservation:
+        """What tenant ``name`` reserves now: its API containers and, at ``scale.max``,
+        the container services of its admin file."""
+        own = (s for s in self.routes().services.values() if owner_of(s.source) == name)
+        return self.api_reserved(name) + of_services(own)
+
     def _view(self, name: str) -> dict[str, Any]:
         quota = self.config.tenants.get(name)
         routes = self.routes()
@@ -113,6 +137,7 @@ class TenantsApi:
                 "enforced": quota is not None,
             },
             "use": use,
+            "reserved": asdict(self.reserved(name)),
             "services": sorted(s.name for s in services),
             "routes": sorted(r.name for r in routes.routes if owner_of(r.source) == name),
         }
