@@ -464,6 +464,55 @@ def test_logs_tail_follow_and_after_stop(api: Api) -> None:
     )
 
 
+# Numbered lines as fast as the pipe takes them, and a port so the container is ready.
+COUNTER = [
+    sys.executable,
+    "-c",
+    "import sys, threading, http.server, os\n"
+    "srv = http.server.HTTPServer(('127.0.0.1', int(os.environ['PORT'])),"
+    " http.server.BaseHTTPRequestHandler)\n"
+    "threading.Thread(target=srv.serve_forever, daemon=True).start()\n"
+    "i = 0\n"
+    "while True:\n"
+    "    sys.stdout.write(f'{i}\\n'); sys.stdout.flush(); i += 1\n",
+]
+
+
+def dechunk(raw: bytes) -> bytes:
+    """The data of a chunked body read so far (the last chunk may be cut short)."""
+    out = bytearray()
+    while b"\r\n" in raw:
+        size_line, raw = raw.split(b"\r\n", 1)
+        size = int(size_line, 16)
+        out += raw[:size]
+        if size == 0 or len(raw) < size + 2:
+            break
+        raw = raw[size + 2 :]
+    return bytes(out)
+
+
+def test_logs_follow_loses_and_repeats_nothing(api: Api) -> None:
+    """The tail and the follow are one read: the lines a follow sends are consecutive,
+    from the tail on, while the app writes thousands a second."""
+    cid = api.create(command=COUNTER, query="?wait_ready=true")["id"]
+    wait_for(lambda: len(api("GET", f"/v1/containers/{cid}/logs?tail=5").body) > 0, 10, "output")
+    with socket.create_connection(("127.0.0.1", api.admin), timeout=10) as s:
+        s.sendall(
+            f"GET /v1/containers/{cid}/logs?follow=true&tail=5 HTTP/1.1\r\nhost: a\r\n"
+            f"authorization: Bearer {STAR}\r\n\r\n".encode()
+        )
+        raw = b""
+        while raw.count(b"\n") < 3000:
+            data = s.recv(65536)
+            assert data, raw[-200:]
+            raw += data
+    body = dechunk(raw.split(b"\r\n\r\n", 1)[1])
+    lines = body.split(b"\n")[:-1]  # the last may be cut mid-line
+    numbers = [int(x) for x in lines[:-1]]
+    assert len(numbers) > 1000
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers))), "a gap or a repeat"
+
+
 # ------------------------------------------------------------------------------ tcp / udp
 
 

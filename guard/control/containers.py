@@ -182,19 +182,24 @@ class ContainerManager:
         return last_lines(self._last_logs.get(record.id, b""), tail)
 
     async def follow_logs(self, record: ContainerRecord, tail: int | None) -> AsyncIterator[bytes]:
-        """The last ``tail`` lines, then output as it is written, until the instance stops."""
-        first = await self.logs(record, tail)
-        if first:
-            yield first
+        """The last ``tail`` lines, then output as it is written, until the instance stops
+        (the driver reads both in one go: no line lost or repeated in between). Asleep:
+        what its last instance wrote, and the stream ends."""
         inst = self._current(record)
         ctl = self.plane.controllers.get(record.service)
-        if inst is None or inst.handle is None or ctl is None:
-            return
-        try:
-            async for chunk in ctl.driver.follow_logs(inst.handle):
-                yield chunk
-        except DriverError:
-            return
+        sent = False
+        if inst is not None and inst.handle is not None and ctl is not None:
+            try:
+                async for chunk in ctl.driver.follow_logs(inst.handle, tail):
+                    sent = True
+                    yield chunk
+                return
+            except DriverError:
+                if sent:
+                    return  # it stopped while followed
+        kept = last_lines(self._last_logs.get(record.id, b""), tail)
+        if kept:
+            yield kept
 
     async def instance_stopping(self, inst: Instance) -> None:
         """Keep the end of an API container's output: its instance is about to go."""

@@ -200,8 +200,9 @@ class Driver(abc.ABC):
         to ``MAX_LOG_READ``). ``DriverError`` when there are none to read."""
         raise DriverError(f"the {self.name} driver keeps no logs")
 
-    def follow_logs(self, handle: InstanceHandle) -> AsyncIterator[bytes]:
-        """Output as the instance writes it, from now until it is gone."""
+    def follow_logs(self, handle: InstanceHandle, tail: int | None = 0) -> AsyncIterator[bytes]:
+        """The last ``tail`` lines (None: what is kept), then output as the instance writes
+        it until it is gone: one read, so no line is lost or repeated between the two."""
         raise DriverError(f"the {self.name} driver keeps no logs")
 
     def release(self, handle: InstanceHandle) -> None:

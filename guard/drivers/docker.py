@@ -607,11 +607,15 @@ class DockerDriver(Driver):
             )
         return last_lines("".join(parts).encode("utf-8", "replace"), tail)
 
-    async def follow_logs(self, handle: InstanceHandle) -> AsyncIterator[bytes]:
-        """``docker logs --follow --tail 0``: ends when the container stops."""
+    async def follow_logs(
+        self, handle: InstanceHandle, tail: int | None = 0
+    ) -> AsyncIterator[bytes]:
+        """``docker logs --follow --tail N``: the daemon sends the tail and what follows in
+        one stream (nothing lost or repeated between them); ends when the container stops."""
         inst = self._get(handle)
+        lines = "all" if tail is None else str(tail)
         with self._errors(f"logs of {handle.id}"):
-            stream = self._container(inst).log(stdout=True, stderr=True, follow=True, tail="0")
+            stream = self._container(inst).log(stdout=True, stderr=True, follow=True, tail=lines)
             async for part in stream:
                 yield part.encode("utf-8", "replace")
 

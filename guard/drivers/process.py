@@ -50,6 +50,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import BinaryIO
 
 from guard.config.model import ContainerSpec
 from guard.drivers.base import (
@@ -244,17 +245,23 @@ def _read_log(path: Path) -> bytes:
     """The newest ``MAX_LOG_READ`` bytes of output: the rotated file's end, then the file."""
     try:
         with path.open("rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            f.seek(max(0, size - MAX_LOG_READ))
-            data = f.read()
+            return _newest(f, path)
     except FileNotFoundError:
         return b""
+
+
+def _newest(f: BinaryIO, path: Path) -> bytes:
+    """``_read_log`` from the open log file ``f``, which is left at its end: where a
+    follow goes on with nothing lost or read twice."""
+    size = f.seek(0, os.SEEK_END)
+    f.seek(max(0, size - MAX_LOG_READ))
+    data = f.read()
     if len(data) < MAX_LOG_READ:
         try:
-            with path.with_name(path.name + ".1").open("rb") as f:
-                size = f.seek(0, os.SEEK_END)
-                f.seek(max(0, size - (MAX_LOG_READ - len(data))))
-                data = f.read() + data
+            with path.with_name(path.name + ".1").open("rb") as rotated:
+                size = rotated.seek(0, os.SEEK_END)
+                rotated.seek(max(0, size - (MAX_LOG_READ - len(data))))
+                data = rotated.read() + data
         except FileNotFoundError:
             pass
     return data
@@ -508,9 +515,12 @@ class ProcessDriver(Driver):
         assert path is not None
         return last_lines(await asyncio.to_thread(_read_log, path), tail)
 
-    async def follow_logs(self, handle: InstanceHandle) -> AsyncIterator[bytes]:
-        """Polls the file (``tail -F``): from its end now, again from the start after a
-        rotation, until the instance is removed."""
+    async def follow_logs(
+        self, handle: InstanceHandle, tail: int | None = 0
+    ) -> AsyncIterator[bytes]:
+        """Polls the file (``tail -F``): the last ``tail`` lines, then on from the offset
+        they ended at, again from the start after a rotation, until the instance is
+        removed."""
         path = self._get(handle).handle.log_path
         assert path is not None
         try:
@@ -518,7 +528,9 @@ class ProcessDriver(Driver):
         except OSError as e:
             raise DriverError(f"cannot read the output of {handle.id}: {e.strerror}") from e
         try:
-            f.seek(0, os.SEEK_END)
+            first = last_lines(await asyncio.to_thread(_newest, f, path), tail)
+            if first:
+                yield first
             while True:
                 chunk = await asyncio.to_thread(f.read, 64 * 1024)
                 if chunk:
