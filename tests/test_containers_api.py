@@ -14,7 +14,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -429,6 +429,21 @@ CHATTY = [
 ]
 
 
+def read_follow(api: Api, cid: str, tail: int, enough: Callable[[bytes], bool]) -> bytes:
+    """``GET .../logs?follow=true&tail=N`` read raw (head and chunks) until ``enough``."""
+    with socket.create_connection(("127.0.0.1", api.admin), timeout=10) as s:
+        s.sendall(
+            f"GET /v1/containers/{cid}/logs?follow=true&tail={tail} HTTP/1.1\r\nhost: a\r\n"
+            f"authorization: Bearer {STAR}\r\n\r\n".encode()
+        )
+        got = b""
+        while not enough(got):
+            data = s.recv(65536)
+            assert data, got[-300:]
+            got += data
+    return got
+
+
 def test_logs_tail_follow_and_after_stop(api: Api) -> None:
     cid = api.create(command=CHATTY, query="?wait_ready=true")["id"]
     wait_for(lambda: b"tick" in api("GET", f"/v1/containers/{cid}/logs").body, 10, "output")
@@ -441,19 +456,10 @@ def test_logs_tail_follow_and_after_stop(api: Api) -> None:
     assert api("GET", f"/v1/containers/{cid}/logs?tail=0").body == b""
 
     # follow: a chunked stream of new output, for as long as the client reads.
-    with socket.create_connection(("127.0.0.1", api.admin), timeout=10) as s:
-        s.sendall(
-            f"GET /v1/containers/{cid}/logs?follow=true&tail=0 HTTP/1.1\r\nhost: a\r\n"
-            f"authorization: Bearer {STAR}\r\n\r\n".encode()
-        )
-        got = b""
-        while got.count(b"tick") < 3:
-            data = s.recv(65536)
-            assert data, got
-            got += data
-        head = got.split(b"\r\n\r\n")[0].lower()
-        assert head.startswith(b"http/1.1 200") and b"transfer-encoding: chunked" in head
-        assert b"hello-from" not in got  # tail=0: only what came after
+    got = read_follow(api, cid, 0, lambda got: got.count(b"tick") >= 3)
+    head = got.split(b"\r\n\r\n")[0].lower()
+    assert head.startswith(b"http/1.1 200") and b"transfer-encoding: chunked" in head
+    assert b"hello-from" not in got  # tail=0: only what came after
 
     assert api("POST", f"/v1/containers/{cid}/stop").json()["state"] == "stopped"
     kept = api("GET", f"/v1/containers/{cid}/logs").body
@@ -496,16 +502,7 @@ def test_logs_follow_loses_and_repeats_nothing(api: Api) -> None:
     from the tail on, while the app writes thousands a second."""
     cid = api.create(command=COUNTER, query="?wait_ready=true")["id"]
     wait_for(lambda: len(api("GET", f"/v1/containers/{cid}/logs?tail=5").body) > 0, 10, "output")
-    with socket.create_connection(("127.0.0.1", api.admin), timeout=10) as s:
-        s.sendall(
-            f"GET /v1/containers/{cid}/logs?follow=true&tail=5 HTTP/1.1\r\nhost: a\r\n"
-            f"authorization: Bearer {STAR}\r\n\r\n".encode()
-        )
-        raw = b""
-        while raw.count(b"\n") < 3000:
-            data = s.recv(65536)
-            assert data, raw[-200:]
-            raw += data
+    raw = read_follow(api, cid, 5, lambda got: got.count(b"\n") >= 3000)
     body = dechunk(raw.split(b"\r\n\r\n", 1)[1])
     lines = body.split(b"\n")[:-1]  # the last may be cut mid-line
     numbers = [int(x) for x in lines[:-1]]
