@@ -339,6 +339,26 @@ def test_container_services_count_against_the_quota(tmp_path: Path, token_env: N
         assert api("DELETE", "/v1/services/s1", TOKEN_A).status == 200
 
 
+def test_metrics_count_api_containers_under_one_label(api: Api) -> None:
+    """Tenants create containers without bound; /metrics does not grow with them: every
+    API container's series are summed under service="_containers"."""
+    ids = [api.create(query="?wait_ready=true")["id"] for _ in range(3)]
+    for cid in ids:
+        assert api.through(cid).status == 200
+    api("POST", f"/v1/containers/{ids[0]}/stop")
+    text = api("GET", "/metrics").body.decode()
+    assert "ctr-" not in text, [line for line in text.splitlines() if "ctr-" in line][:5]
+    assert 'guard_instances{service="_containers",state="ready"} 2' in text
+    stops = [line for line in text.splitlines() if line.startswith("guard_instance_stops_total{")]
+    assert stops and all('service="_containers"' in line for line in stops), stops
+    requests = [
+        line
+        for line in text.splitlines()
+        if line.startswith("guard_requests_total{") and 'route="_containers"' in line
+    ]
+    assert requests and all('service="_containers"' in line for line in requests), requests
+
+
 # ------------------------------------------------------------------------------ validation
 
 

@@ -1,17 +1,23 @@
 """The control plane's numbers for /metrics: instances, starts, stops, autoscaler, queues.
 
 Label values are service names and fixed sets (phase, outcome, stop reason); never instance
-ids or keys, which a per-key service has without bound.
+ids or keys, which a per-key service has without bound. Containers made through the admin
+API are each a service of their own (``ctr-ID``), as many as tenants create: they are
+counted together under the one label ``CONTAINERS`` (as the data plane counts their
+traffic under the one route ``_containers``); each one's numbers are in
+``GET /v1/containers/{id}`` and the usage ledger.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from guard.control.state import Instance, Phase
 from guard.metrics.snapshot import Hist, Snapshot, add
 from guard.proxy.context import Histogram
+from guard.routing.containers import ROUTE_NAME
 
 if TYPE_CHECKING:
     from guard.control.plane import ControlPlane
@@ -21,10 +27,16 @@ START_PHASES = ("create", "start", "probe")
 STOP_REASONS = frozenset({"idle", "scale down", "shutdown", "config changed"})
 
 
-class ControlStats:
-    """Counters the controllers feed as things happen."""
+# The service label of every API container: the name of their one data-plane route.
+CONTAINERS = ROUTE_NAME
 
-    def __init__(self) -> None:
+
+class ControlStats:
+    """Counters the controllers feed as things happen. ``label`` maps a service name to
+    its label value (API containers' to ``CONTAINERS``)."""
+
+    def __init__(self, label: Callable[[str], str] = str) -> None:
+        self.label = label
         self.wake_duration: dict[tuple[str, str], Histogram] = defaultdict(Histogram)
         self.start_phase: dict[tuple[str, str], Histogram] = defaultdict(Histogram)
         self.stops: dict[tuple[str, str], int] = defaultdict(int)
@@ -33,19 +45,22 @@ class ControlStats:
         self.memory: dict[str, dict[str, int]] = defaultdict(dict)  # service -> inst -> bytes
 
     def observe_usage(self, service: str, instance: str, cpu: float, memory: int) -> None:
-        self.cpu_seconds[service] += cpu
-        self.memory[service][instance] = memory
+        label = self.label(service)
+        self.cpu_seconds[label] += cpu
+        self.memory[label][instance] = memory
 
     def observe_start(self, service: str, outcome: str, phases: dict[str, float]) -> None:
-        self.wake_duration[(service, outcome)].observe(phases["total"])
+        label = self.label(service)
+        self.wake_duration[(label, outcome)].observe(phases["total"])
         if outcome == "ready":
             for phase in START_PHASES:
-                self.start_phase[(service, phase)].observe(phases[phase])
+                self.start_phase[(label, phase)].observe(phases[phase])
 
     def stopped(self, inst: Instance) -> None:
+        label = self.label(inst.service)
         reason = inst.stop_reason if inst.stop_reason in STOP_REASONS else "exited"
-        self.stops[(inst.service, reason or "exited")] += 1
-        self.memory[inst.service].pop(inst.id, None)
+        self.stops[(label, reason or "exited")] += 1
+        self.memory[label].pop(inst.id, None)
 
 
 def control_snapshot(plane: ControlPlane) -> Snapshot:
@@ -69,19 +84,30 @@ def control_snapshot(plane: ControlPlane) -> Snapshot:
             add(snap, "guard_backend_up", (name, server.name), 1 if server.up else 0)
             for result, n in server.checks.items():
                 add(snap, "guard_health_checks_total", (name, result), n)
+    # Summed per label: every API container's instances and load under CONTAINERS.
+    instances: dict[tuple[str, str], int] = defaultdict(int)
+    held: dict[str, int] = defaultdict(int)
+    in_flight: dict[str, int] = defaultdict(int)
     for name, ctl in list(plane.controllers.items()):
+        label = stats.label(name)
         counts = dict.fromkeys(Phase, 0)
         for inst in ctl.instances():
             counts[inst.phase] += 1
         for phase, n in counts.items():
             if phase is not Phase.STOPPED:
-                add(snap, "guard_instances", (name, phase.value), n)
+                instances[(label, phase.value)] += n
         load = plane.peek_load(name)
-        add(snap, "guard_wake_queue_depth", (name,), load.held)
-        add(snap, "guard_service_in_flight", (name,), sum(load.in_flight.values()))
+        held[label] += load.held
+        in_flight[label] += sum(load.in_flight.values())
         decision = ctl.last_decision
-        if decision is not None:
+        if decision is not None and label == name:  # pooled services only decide
             add(snap, "guard_autoscaler_desired_instances", (name,), decision.desired)
             add(snap, "guard_autoscaler_panic", (name,), 1 if decision.panicking else 0)
             add(snap, "guard_autoscaler_stable_concurrency", (name,), decision.stable_concurrency)
+    for labels, n in instances.items():
+        add(snap, "guard_instances", labels, n)
+    for label, n in held.items():
+        add(snap, "guard_wake_queue_depth", (label,), n)
+    for label, n in in_flight.items():
+        add(snap, "guard_service_in_flight", (label,), n)
     return snap

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from guard.config.model import GuardConfig, RoutesConfig, ServiceConfig
 from guard.control.container_store import ContainerStore
-from guard.control.containers import ContainerManager
+from guard.control.containers import SERVICE_PREFIX, ContainerManager
 from guard.control.controller import Load, ServiceController
 from guard.control.health import HealthChecker
 from guard.control.messages import (
@@ -37,7 +37,7 @@ from guard.control.messages import (
     WakeFailure,
 )
 from guard.control.metering import UsageMeter
-from guard.control.metrics import ControlStats
+from guard.control.metrics import CONTAINERS, ControlStats
 from guard.control.state import ControlState, Instance, MemoryState, Phase
 from guard.drivers.base import Driver, DriverError, InstanceHandle
 
@@ -113,7 +113,7 @@ class ControlPlane:
         self._tick_task: asyncio.Task[None] | None = None
         self.on_started: list[InstanceHook] = []
         self.on_stopped: list[InstanceHook] = []
-        self.stats = ControlStats()
+        self.stats = ControlStats(self.metric_label)
         self.meter: UsageMeter | None = None  # set by whoever runs the usage ledger
         self._adopted: dict[str, list[Leftover]] = {}  # service -> containers to take over
         # POST /v1/containers; their records kept under routes/ once they are served.
@@ -123,6 +123,13 @@ class ControlPlane:
             else None
         )
         self.containers = ContainerManager(self, store)
+
+    def metric_label(self, service: str) -> str:
+        """The service label of ``service``'s metrics: API containers' (``ctr-ID``, not a
+        route file's service) all share one, so tenants cannot grow /metrics."""
+        if service.startswith(SERVICE_PREFIX) and service not in self.routes.services:
+            return CONTAINERS
+        return service
 
     # ------------------------------------------------------------------ setup
     async def start(self) -> None:

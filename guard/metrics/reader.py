@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from guard.metrics.families import TCP_ERROR_REASONS, UDP_END_REASONS, UDP_ERROR_REASONS
 from guard.metrics.snapshot import Hist, Snapshot, add
 from guard.proxy.websocket import STATS as WEBSOCKET_STATS
+from guard.routing.containers import ROUTE_NAME
 from guard.upstream.service import Service
 
 if TYPE_CHECKING:
@@ -71,10 +72,13 @@ class WorkerMetrics:
         self._tls(snap)
         self._udp(snap)
         self._upstreams(snap)
+        api = self.worker.api_containers.services
         for svc in list(self.worker.services.values()):
             rejected = getattr(svc, "rejected", None)
             if rejected is not None:
-                add(snap, "guard_wake_queue_rejected_total", (svc.name,), rejected)
+                # API containers (a service each): one label for all, as their route has.
+                label = ROUTE_NAME if svc.name in api else svc.name
+                add(snap, "guard_wake_queue_rejected_total", (label,), rejected)
         totals = {k: dict(v) for k, v in self._service_totals.items()}
         for svc in list(self.worker.services.values()):
             if isinstance(svc, Service):

@@ -12,6 +12,7 @@ from typing import IO, TYPE_CHECKING
 from guard.config.model import HttpConfig
 from guard.http.forwarding import TrustedProxies
 from guard.proxy.deadlines import DeadlineSweeper
+from guard.routing.containers import ROUTE_NAME
 
 if TYPE_CHECKING:
     from guard.proxy.ratelimit import RouteLimiter
@@ -211,5 +212,7 @@ class ListenerContext:
     def route_stats(self, route: str, service: str = "") -> RouteStats:
         stats = self.stats.get(route)
         if stats is None:
-            stats = self.stats[route] = RouteStats(route, service)
+            # API containers' one route serves a service per container: one label for all.
+            label = ROUTE_NAME if route == ROUTE_NAME else service
+            stats = self.stats[route] = RouteStats(route, label)
         return stats
