@@ -27,7 +27,13 @@ entries = json.loads(os.environ["GUARD_LISTEN_FDS"])
 port = socket.socket(fileno=entries[0]["fd"]).getsockname()[1]
 ok = port == entries[0]["port"] and os.environ["GUARD_PREVIOUS_PID"] == str(os.getppid())
 if sys.argv[1] == "ready" and ok:
-    os.write(int(os.environ["GUARD_READY_FD"]), b"ready\\n")
+    from guard.runtime.handover import notify_ready
+    notify_ready(["web-i-2", "web-i-1"])  # what it adopted, then "ready"
+if sys.argv[1] == "ready-split" and ok:  # the same, a byte at a time
+    fd = int(os.environ["GUARD_READY_FD"])
+    for byte in b"adopted x-1\\nready\\n":
+        os.write(fd, bytes([byte]))
+        time.sleep(0.01)
 if sys.argv[1] == "exit":
     sys.exit(3)
 time.sleep(30)
@@ -58,12 +64,17 @@ def gone(pid: int) -> bool:
     return state == "Z"
 
 
-def test_ready_successor(monkeypatch: pytest.MonkeyPatch, sockets: ListenSockets) -> None:
-    successor(monkeypatch, "ready")
-    pid = asyncio.run(start_successor(sockets, timeout=10))
-    assert pid is not None
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
+@pytest.mark.parametrize(
+    ("behaviour", "adopted"), [("ready", {"web-i-1", "web-i-2"}), ("ready-split", {"x-1"})]
+)
+def test_ready_successor(
+    monkeypatch: pytest.MonkeyPatch, sockets: ListenSockets, behaviour: str, adopted: set[str]
+) -> None:
+    successor(monkeypatch, behaviour)
+    ready = asyncio.run(start_successor(sockets, timeout=10))
+    assert ready is not None and ready.adopted == adopted
+    os.kill(ready.pid, 9)
+    os.waitpid(ready.pid, 0)
 
 
 def test_successor_exiting_early(

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import signal
 import sqlite3
 import sys
 import uuid
@@ -109,6 +111,7 @@ def test_a_binary_restart_hands_the_containers_over(
         assert len(_events(g.output, "start")) == 2  # the first Guard's two, no more
         assert len(_events(g.output, "adopt")) == 2
         assert len(_events(g.output, "released")) == 2
+        assert "(adopted 2 instances)" in g.output
         assert "has exited" in g.output
         wait_for(lambda: len(_slices(ledger)) == 2, 10, "slices of both instances")
         output = g.output
@@ -120,3 +123,40 @@ def test_a_binary_restart_hands_the_containers_over(
             # The new Guard resumes where the old one's last slice ended (the ledger).
             assert start == end, f"{instance}: billed twice or a gap: {slices}\n{output}"
         assert slices[-1][2] is not None, (instance, slices)  # stopped by the last Guard
+
+
+def test_what_the_successor_does_not_adopt_the_old_guard_stops(
+    tmp_path: Path, docker_image: str, service_names: list[str]
+) -> None:
+    """The new guard.yaml points at route files with no docker service: the new Guard
+    adopts nothing and says so on its ready pipe, so the old one stops its container at
+    the end of its drain instead of releasing it (no orphan is left running)."""
+    app = f"dk{uuid.uuid4().hex[:8]}"
+    service_names.append(app)
+    extra = {"drivers": {"docker": {"network": "host", "socket": SOCKET, "guard_id": GUARD_ID}}}
+    cfg, port, pid_file = write_config(tmp_path, "127.0.0.1:9", workers=1, extra=extra)
+    route = {"name": "app", "listener": "web", "service": app, "match": {"host": "load.test"}}
+    (tmp_path / "routes" / "main.yaml").write_text(
+        json.dumps({"routes": [route], "services": {app: _service()}})
+    )
+    with guard_group(cfg) as g:
+        first = wait_pid(pid_file, other_than=None, child=g)
+        assert fetch(port, host="load.test", timeout=30).status == 200
+        assert len(containers(app)) == 1
+        # The next binary reads another route directory: a static service only.
+        (tmp_path / "routes2").mkdir()
+        static = {"name": "app", "listener": "web", "service": "s", "match": {"host": "x.test"}}
+        (tmp_path / "routes2" / "main.yaml").write_text(
+            json.dumps({"routes": [static], "services": {"s": {"servers": ["127.0.0.1:9"]}}})
+        )
+        doc = json.loads(cfg.read_text())
+        doc["routes"] = "routes2"
+        cfg.write_text(json.dumps(doc))
+        os.kill(first, signal.SIGUSR2)
+        wait_pid(pid_file, other_than=first, child=g)
+        assert g.proc.wait(30) == 0, g.output[-3000:]
+        assert containers(app) == [], g.output[-3000:]  # stopped by the old Guard
+        assert "(adopted 0 instances)" in g.output
+        assert _events(g.output, "released") == []
+        (stopped,) = _events(g.output, "stopped")
+        assert stopped["service"] == app and stopped["reason"] == "shutdown"

@@ -251,7 +251,7 @@ def test_restart_and_reload_under_load_lose_nothing(
         out = g.output
         assert f"pid {second} takes over from pid {first}" in out
         assert "inherited: web stream 127.0.0.1" in out
-        assert f"restart: pid {second} serves; pid {first} stops accepting and drains" in out
+        assert f"restart: pid {second} serves (adopted 0 instances); pid {first} stops" in out
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -462,11 +462,11 @@ class ServiceController:
         the successor serves). Wakes for requests still in flight are still served."""
         self.handing_over = True
 
-    async def release(self) -> None:
+    async def release(self, adopted: frozenset[str]) -> None:
         """Shutdown after a handover, on a driver whose instances outlive Guard: the
-        ready ones are the successor's now, so each gets its last usage reading and is
-        forgotten, not stopped. The rest (starting, draining) stop as in ``close``; the
-        successor removes what it did not adopt once this Guard has exited."""
+        ready instances the successor adopted (``adopted``) are its own now, so each gets
+        its last usage reading and is forgotten, not stopped. The rest stop as in
+        ``close``."""
         self.closing = True
 
         async def release(inst: Instance, handle: InstanceHandle) -> None:
@@ -475,9 +475,10 @@ class ServiceController:
             self.state.remove(inst.id)
             self.host.event("released", inst, container=handle.container_id)
 
-        await asyncio.gather(
-            *(release(i, i.handle) for i in self.instances(Phase.READY) if i.handle is not None)
-        )
+        handed = [
+            i for i in self.instances(Phase.READY) if i.handle is not None and i.id in adopted
+        ]
+        await asyncio.gather(*(release(i, i.handle) for i in handed if i.handle is not None))
         await self.close()
 
     async def close(self) -> None:

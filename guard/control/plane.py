@@ -101,6 +101,8 @@ class ControlPlane:
         # (``predecessor_exited``).
         self.predecessor_running = False
         self.handing_over = False  # this Guard's successor serves: see ``hand_over``
+        self.handed: frozenset[str] = frozenset()  # the instances that successor adopted
+        self.adopted_ids: set[str] = set()  # instances this Guard adopted at its start
         self._background: set[asyncio.Task[None]] = set()
         self.routes: RoutesConfig = config.routes  # the route files in force
         self.controllers: dict[str, ServiceController] = {}
@@ -296,6 +298,7 @@ class ControlPlane:
             stop_timeout = services[service].container.stop_timeout  # type: ignore[union-attr]
             for left in lefts:
                 driver.adopt(left, stop_timeout)
+                self.adopted_ids.add(left.handle.id)
             self._adopted[service] = lefts
             log.info(
                 "adopting %d running containers of %s left by an earlier Guard", len(lefts), service
@@ -457,12 +460,14 @@ class ControlPlane:
             ctl.on_exit(handle.id, code, reason)
 
     # ---------------------------------------------------------------- shutdown
-    def hand_over(self) -> None:
-        """A successor Guard serves now (binary restart). It adopted the running
-        containers of drivers that outlive Guard (docker) at its start, so from here
-        nothing may stop them: no idle sleeps, scale-downs or ``destroy_after``; at
-        ``close`` they are released (a last usage reading), not stopped."""
+    def hand_over(self, adopted: frozenset[str]) -> None:
+        """A successor Guard serves now (binary restart). At its start it adopted the
+        running containers of drivers that outlive Guard (docker) that fit its config,
+        ``adopted`` (it said which on its ready pipe), so from here nothing may stop
+        them: no idle sleeps, scale-downs or ``destroy_after``; at ``close`` those are
+        released (a last usage reading), not stopped, and the rest are stopped as usual."""
         self.handing_over = True
+        self.handed = adopted
         for ctl in self.controllers.values():
             ctl.hand_over()
 
@@ -475,7 +480,7 @@ class ControlPlane:
         handing_over = self.handing_over
         await asyncio.gather(
             *(
-                c.release() if handing_over and c.driver.outlives_guard else c.close()
+                c.release(self.handed) if handing_over and c.driver.outlives_guard else c.close()
                 for c in self.controllers.values()
             )
         )

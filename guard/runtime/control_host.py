@@ -83,9 +83,13 @@ class ControlHost:
         log.info("the Guard this one took over from (pid %d) has exited", pid)
         await self.plane.predecessor_exited()
 
-    def hand_over(self) -> None:
-        """A successor Guard serves now: it has adopted the running containers."""
-        self.plane.hand_over()
+    def hand_over(self, adopted: frozenset[str]) -> None:
+        """A successor Guard serves now, and adopted the instances ``adopted``."""
+        self.plane.hand_over(adopted)
+
+    def adopted(self) -> frozenset[str]:
+        """The instances this Guard adopted from the one before it (for its ready line)."""
+        return frozenset(self.plane.adopted_ids)
 
     @property
     def usage_interval(self) -> float | None:

@@ -19,6 +19,8 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from guard.config.model import GuardConfig
@@ -30,16 +32,29 @@ log = logging.getLogger("guard.handover")
 READY_ENV = "GUARD_READY_FD"
 PREVIOUS_ENV = "GUARD_PREVIOUS_PID"  # the pid of the Guard this one takes over from
 READY_TIMEOUT = 60.0  # a Guard starting container controllers may take a while
-_READY = b"ready\n"
+# The ready pipe carries lines: "adopted ID ID ..." (the instances the new Guard took over
+# from the old one, so the old one releases those and stops the rest), then "ready".
+_READY = b"ready"
+_ADOPTED = b"adopted"
 
 
-def notify_ready() -> None:
-    """Tell whoever started this process that its listeners are serving (once)."""
+@dataclass(frozen=True, slots=True)
+class Successor:
+    """A new Guard that serves: its pid, and the instances it adopted from this one."""
+
+    pid: int
+    adopted: frozenset[str] = frozenset()
+
+
+def notify_ready(adopted: Iterable[str] = ()) -> None:
+    """Tell whoever started this process that its listeners are serving (once), and which
+    of its instances this one adopted."""
     fd = os.environ.pop(READY_ENV, None)
     if fd is None:
         return
+    message = b" ".join([_ADOPTED, *(i.encode("ascii") for i in sorted(adopted))])
     try:
-        os.write(int(fd), _READY)
+        os.write(int(fd), message + b"\n" + _READY + b"\n")
         os.close(int(fd))
     except (OSError, ValueError) as e:
         log.warning("cannot report readiness on fd %s: %s", fd, e)
@@ -112,30 +127,41 @@ def ready_pipe() -> tuple[int, int]:
     return os.pipe()
 
 
-async def wait_ready(read_fd: int, timeout: float) -> bool:
-    """True once the child wrote ``ready``; False at EOF (it exited, or closed the pipe
-    without being ready) or after ``timeout``. Closes ``read_fd``."""
+async def wait_ready(read_fd: int, timeout: float) -> frozenset[str] | None:
+    """Once the child wrote ``ready``: the instance ids it said it adopted. None at EOF (it
+    exited, or closed the pipe without being ready) or after ``timeout``. Closes
+    ``read_fd``."""
     loop = asyncio.get_running_loop()
-    done: asyncio.Future[bool] = loop.create_future()
+    done: asyncio.Future[frozenset[str] | None] = loop.create_future()
     got = bytearray()
 
     def readable() -> None:
         try:
-            data = os.read(read_fd, 64)
+            data = os.read(read_fd, 65536)
         except BlockingIOError:
             return
         except OSError:
             data = b""
         got.extend(data)
-        if not done.done() and (not data or _READY in got):
-            done.set_result(_READY in got)
+        if done.done():
+            return
+        lines = bytes(got).split(b"\n")[:-1]  # complete lines only
+        if _READY in lines:
+            adopted: set[str] = set()
+            for line in lines:
+                words = line.split()
+                if words[:1] == [_ADOPTED]:
+                    adopted.update(w.decode("ascii", "replace") for w in words[1:])
+            done.set_result(frozenset(adopted))
+        elif not data:
+            done.set_result(None)
 
     os.set_blocking(read_fd, False)
     loop.add_reader(read_fd, readable)
     try:
         return await asyncio.wait_for(done, timeout)
     except TimeoutError:
-        return False
+        return None
     finally:
         loop.remove_reader(read_fd)
         os.close(read_fd)
@@ -147,8 +173,11 @@ def successor_command() -> list[str]:
     return [sys.executable, *sys.orig_argv[1:]]
 
 
-async def start_successor(sockets: ListenSockets, *, timeout: float = READY_TIMEOUT) -> int | None:
-    """Start the next Guard on ``sockets``; its pid once it serves, None (logged) if not."""
+async def start_successor(
+    sockets: ListenSockets, *, timeout: float = READY_TIMEOUT
+) -> Successor | None:
+    """Start the next Guard on ``sockets``; once it serves, its pid and what it adopted;
+    None (logged) if it does not."""
     described, fds = sockets.describe()
     read_fd, write_fd = ready_pipe()
     env = {
@@ -179,9 +208,14 @@ async def start_successor(sockets: ListenSockets, *, timeout: float = READY_TIME
         proc.terminate()
         log.warning("restart abandoned: pid %d stopped, this Guard is stopping", proc.pid)
         raise
-    if ready:
-        log.info("restart: pid %d serves; pid %d stops accepting and drains", proc.pid, os.getpid())
-        return proc.pid
+    if ready is not None:
+        log.info(
+            "restart: pid %d serves (adopted %d instances); pid %d stops accepting and drains",
+            proc.pid,
+            len(ready),
+            os.getpid(),
+        )
+        return Successor(proc.pid, ready)
     if proc.poll() is None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             await asyncio.to_thread(proc.wait, 2.0)  # it closed the pipe on its way out

@@ -207,7 +207,7 @@ class Supervisor:
             started = loop.time()
             reloads_before = self._reloads_sent
             proc, ready_fd = await self._spawn(worker_id)
-            if await wait_ready(ready_fd, READY_TIMEOUT):
+            if await wait_ready(ready_fd, READY_TIMEOUT) is not None:
                 if self._reloads_sent != reloads_before and proc.returncode is None:
                     # A reload signalled while it started may have come before its
                     # handler and after it read the files: it reloads once more.
@@ -257,10 +257,11 @@ class Supervisor:
             return
 
         async def restart() -> None:
-            if await start_successor(self.sockets) is not None and not stop.is_set():
+            successor = await start_successor(self.sockets)
+            if successor is not None and not stop.is_set():
                 self.handed_over = True
                 if self.control is not None:
-                    self.control.hand_over()  # the successor adopted the containers
+                    self.control.hand_over(successor.adopted)
                 stop.set()
 
         self._restart = asyncio.get_running_loop().create_task(restart())
@@ -314,7 +315,8 @@ class Supervisor:
         if self.ready.is_set() and not stop.is_set():
             print(f"guard: supervising {self.config.workers} workers", file=sys.stderr, flush=True)
             pid_file.write()
-            notify_ready()  # a Guard that started this one hands over now
+            # A Guard that started this one hands over now (releasing what we adopted).
+            notify_ready(self.control.adopted() if self.control is not None else ())
         await stopped
         watcher.stop()
         self.stopping = True

@@ -600,10 +600,11 @@ async def serve(
 
     async def restart() -> None:
         nonlocal handed_over
-        if await start_successor(sockets) is not None and not stop.is_set():
+        successor = await start_successor(sockets)
+        if successor is not None and not stop.is_set():
             handed_over = True
             if host is not None:
-                host.hand_over()  # the successor adopted the containers: keep them running
+                host.hand_over(successor.adopted)  # released at close, not stopped
             stop.set()
 
     def on_sigusr2() -> None:
@@ -628,7 +629,9 @@ async def serve(
     if worker_id == 0:
         listeners = len(worker.contexts) + len(worker.tcp_contexts) + len(worker.udp_contexts)
         print(f"guard: serving ({listeners} listeners)", file=sys.stderr, flush=True)
-    notify_ready()  # the Guard that started us (or the supervisor) may hand over now
+    # The Guard that started us (or the supervisor) may hand over now, releasing the
+    # instances this one adopted from it.
+    notify_ready(host.adopted() if host is not None else ())
     await stop.wait()
     for task in restarting:
         if not task.done():
