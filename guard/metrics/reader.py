@@ -73,6 +73,13 @@ class WorkerMetrics:
         self._udp(snap)
         self._upstreams(snap)
         api = self.worker.api_containers.services
+        if self.worker.api_rejected_gone:
+            add(
+                snap,
+                "guard_wake_queue_rejected_total",
+                (ROUTE_NAME,),
+                self.worker.api_rejected_gone,
+            )
         for svc in list(self.worker.services.values()):
             rejected = getattr(svc, "rejected", None)
             if rejected is not None:

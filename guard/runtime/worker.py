@@ -139,6 +139,9 @@ class Worker:
         self._tally_timer: asyncio.TimerHandle | None = None
         self.metrics = WorkerMetrics(self)
         self.api_containers = ApiContainers(self, config.containers)  # POST /v1/containers
+        # Queue rejections of API containers since deleted: their sum on /metrics (one
+        # label for all) must not go down when a container goes.
+        self.api_rejected_gone = 0
 
     # ------------------------------------------------------------------ building
     def container_service(self, cfg: ServiceConfig, link: ControlLink) -> ContainerService:
@@ -233,6 +236,7 @@ class Worker:
         for svc in removed:
             if self.services.get(svc.name) is svc:
                 del self.services[svc.name]
+            self.api_rejected_gone += svc.rejected
             svc.close()
 
     def wake_failed(self, failure: WakeFailure) -> None:
