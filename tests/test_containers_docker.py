@@ -279,7 +279,10 @@ def test_leftovers_of_a_changed_spec_are_reaped_not_adopted(docker_app: DockerAp
     changed = [*SERVE[:2], SERVE[2].replace("httpd -f", "httpd -f -v")]
     second = docker_app.start(command=changed)
     wait_for(lambda: containers(docker_app.app) == [], 15, "the mismatching container reaped")
-    assert "containers left by an earlier Guard" in second.stderr
+    # Logged once the daemon's delete returned, which may be just after the list shows it gone.
+    wait_for(
+        lambda: "removed 1 containers left by an earlier Guard" in second.stderr, 5, "the log line"
+    )
     (adopted,) = events(second, "adopt")
     assert adopted["service"] == docker_app.sbx
     assert [c["id"] for c in containers(docker_app.sbx)] == [old_sbx["id"]]
