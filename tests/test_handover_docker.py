@@ -112,7 +112,7 @@ def test_a_binary_restart_hands_the_containers_over(
         assert len(_events(g.output, "adopt")) == 2
         assert len(_events(g.output, "released")) == 2
         assert "(adopted 2 instances)" in g.output
-        assert "has exited" in g.output
+        wait_for(lambda: "has exited" in g.output, 5, "the new Guard seeing the old one exit")
         wait_for(lambda: len(_slices(ledger)) == 2, 10, "slices of both instances")
         output = g.output
     # The new Guard's SIGTERM stopped them; the ledger has each end to end, once.
