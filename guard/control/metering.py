@@ -118,16 +118,17 @@ class UsageMeter:
         first reading of an adopted instance (0), so the baseline is set at once, before
         that reading (a docker stats call can take a second) returns with the memory: a
         slice that ends meanwhile still starts at the baseline, and none is billed twice."""
-        inst.metered = True
         ctl = self.plane.controllers.get(inst.service) if self.plane is not None else None
         if ctl is None or inst.handle is None or inst.id in self._last:
+            inst.metered = True
             return
         now = time.time()
         last_end = await self._last_end(inst.id)
-        if inst.id in self._last or not inst.metered:
-            return  # read (or stopped) meanwhile
+        if inst.id in self._last or inst.phase in (Phase.STOPPING, Phase.STOPPED):
+            return  # read, or going away, meanwhile (never from ``started_wall``: billed twice)
         wall = last_end if last_end is not None and last_end <= now else now
         baseline = self._last[inst.id] = _Sample(wall, 0.0, 0)
+        inst.metered = True  # only now: a slice without the baseline would start too early
         try:
             stats = await ctl.driver.stats(inst.handle)
         except DriverError:
