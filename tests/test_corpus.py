@@ -440,7 +440,7 @@ def _split_requests(stream: bytes) -> list[tuple[bytes, bytes, bool]] | None:
                 pos += size + 2
             out.append((head, body, True))
         else:
-            m = re.search(rb"\r\ncontent-length: ([0-9]+)\r\n", head)
+            m = re.search(rb"\r\ncontent-length: ([0-9]+)\r\n", head, re.IGNORECASE)
             n = int(m.group(1)) if m else 0
             out.append((head, stream[pos : pos + n], False))
             pos += n

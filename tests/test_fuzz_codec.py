@@ -611,7 +611,7 @@ def parser(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-_FIELD = re.compile(rb"[!#$%&'*+.^_`|~0-9a-z-]+: [^\x00-\x08\x0a-\x1f\x7f]*")
+_FIELD = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+: [^\x00-\x08\x0a-\x1f\x7f]*")
 _HOP = (b"connection", b"keep-alive", b"te", b"trailer", b"proxy-connection", b"upgrade")
 
 
@@ -632,7 +632,7 @@ def forwarded_heads(stream: bytes) -> list[bytes]:
         names = []
         for f in fields:
             assert _FIELD.fullmatch(f), f"invalid field line forwarded: {f!r}"
-            names.append(f.split(b":", 1)[0])
+            names.append(f.split(b":", 1)[0].lower())  # (sent on as received)
         assert names.count(b"content-length") + names.count(b"transfer-encoding") <= 1, head
         assert names.count(b"host") <= 1, head
         upgrade = b"upgrade: websocket" in fields
@@ -659,7 +659,7 @@ def forwarded_heads(stream: bytes) -> list[bytes]:
                 assert stream[pos + size : pos + size + 2] == b"\r\n"
                 pos += size + 2
         else:
-            cl = [f for f in fields if f.startswith(b"content-length: ")]
+            cl = [f for f in fields if f.lower().startswith(b"content-length: ")]
             pos += int(cl[0].split(b": ")[1]) if cl else 0
     return heads
 

@@ -249,7 +249,7 @@ def test_verified_clients_alpn_and_x_forwarded_proto(guard, demo, ca, leaves) ->
                 c.request("GET", "/echo", name)
                 resp = c.read_response()
                 assert resp.status == 200, resp.raw_head
-                headers = dict(resp.json()["headers"])
+                headers = {n.lower(): v for n, v in resp.json()["headers"]}
                 assert headers["x-forwarded-proto"] == "https"
                 assert headers["host"] == name
 

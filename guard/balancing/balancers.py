@@ -26,6 +26,10 @@ class Balancer(ABC):
 
     __slots__ = ()
 
+    # Whether pick() looks at the headers: when not, the proxy passes none and a plain
+    # request's header list is never built.
+    reads_headers = False
+
     @abstractmethod
     def pick(self, headers: Headers, client_ip: str, path: bytes) -> Backend | None:
         """Choose a backend; ``headers`` have lowercase names. None when none is available."""
@@ -194,7 +198,7 @@ class ConsistentHash(Balancer):
     takes it.
     """
 
-    __slots__ = ("_backends", "_fallback", "_key", "_replicas", "_ring", "hash_on")
+    __slots__ = ("_backends", "_fallback", "_key", "_replicas", "_ring", "hash_on", "reads_headers")
 
     def __init__(
         self,
@@ -205,6 +209,7 @@ class ConsistentHash(Balancer):
         self.hash_on = hash_on
         # Parsed once here so pick() does not look at the hash_on string again.
         self._key: KeyExtractor = key_extractor(hash_on)
+        self.reads_headers = hash_on.startswith(("header:", "cookie:"))
         self._replicas = replicas
         self._fallback = RoundRobin()
         self._backends: tuple[Backend, ...] = ()

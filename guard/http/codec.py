@@ -17,14 +17,59 @@ Headers = list[tuple[bytes, bytes]]
 
 PARSERS = ("httptools", "h11")
 
+# One header line of a head llhttp accepted: a token, a colon, the value without its
+# surrounding whitespace (llhttp rejects whitespace before the colon, controls and bare
+# CR/LF, so nothing else can be in a line).
+_HEADER_LINE = re.compile(rb"([^:\r\n]+):[ \t]*([^\r\n]*?)[ \t]*\r\n")
 
-class RequestHead:
+
+def headers_of_lines(lines: bytes) -> Headers:
+    """The header list (lowercase names) of header lines llhttp accepted."""
+    return [(name.lower(), value) for name, value in _HEADER_LINE.findall(lines)]
+
+
+class _Head:
+    """What request and response heads share: the header list, built from the raw lines
+    only when asked for, and the names as received."""
+
+    __slots__ = ("_headers", "names", "raw")
+
+    _headers: Headers | None
+    names: list[bytes] | None
+    raw: bytes | None
+
+    @property
+    def headers(self) -> Headers:
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = headers_of_lines(self.raw or b"")
+        return headers
+
+    @headers.setter
+    def headers(self, headers: Headers) -> None:
+        # An edited header list is no longer what arrived: it is serialized from the list.
+        self._headers = headers
+        self.raw = None
+        self.names = None
+
+    def names_as_received(self) -> list[bytes]:
+        """The header names as received (lowercase where that is all that is known)."""
+        names = self.names
+        if names is None:
+            raw = self.raw
+            if raw is not None:
+                names = self.names = [n for n, _ in _HEADER_LINE.findall(raw)]
+            else:
+                names = [n for n, _ in self.headers]
+        return names
+
+
+class RequestHead(_Head):
     __slots__ = (
         "chunked",
         "connection_tokens",
         "content_length",
         "expect_continue",
-        "headers",
         "host",
         "keep_alive",
         "method",
@@ -38,12 +83,21 @@ class RequestHead:
         method: bytes,
         target: bytes,
         version: bytes,
-        headers: Headers,
+        headers: Headers | None,
+        raw: bytes | None = None,
+        names: list[bytes] | None = None,
     ) -> None:
         self.method = method
         self.target = target
         self.version = version  # b"1.1" or b"1.0"
-        self.headers = headers  # lowercase names, in received order
+        self._headers = headers  # lowercase names, in received order; None: from raw
+        # The names as received, one per header (they are forwarded so: a backend that
+        # minds case sees the client's), or None: forwarded lowercase.
+        self.names = names
+        # The header lines as received (each ending in CRLF, the empty line excluded), kept
+        # only for a *plain* head: one whose every header goes to the next hop unchanged
+        # (see plain_request). The forwarder then sends them as they are.
+        self.raw = raw
         self.host = b""
         self.keep_alive = True
         self.chunked = False
@@ -51,6 +105,20 @@ class RequestHead:
         self.upgrade: bytes | None = None
         self.expect_continue = False
         self.connection_tokens: tuple[bytes, ...] = ()
+
+    def drop(self, name: bytes) -> None:
+        """Remove every header called ``name`` (lowercase), keeping the others' names."""
+        headers = self.headers
+        names = self.names_as_received()
+        keep = [i for i, h in enumerate(headers) if h[0] != name]
+        self.headers = [headers[i] for i in keep]
+        self.names = [names[i] for i in keep]
+
+    def put_first(self, name: bytes, value: bytes) -> None:
+        """Make ``name: value`` the first header and the only one called ``name``."""
+        self.drop(name)
+        self._headers.insert(0, (name, value))  # type: ignore[union-attr]
+        self.names.insert(0, name)  # type: ignore[union-attr]
 
     @property
     def path(self) -> bytes:
@@ -63,12 +131,11 @@ class RequestHead:
         return self.chunked or bool(self.content_length)
 
 
-class ResponseHead:
+class ResponseHead(_Head):
     __slots__ = (
         "chunked",
         "connection_tokens",
         "content_length",
-        "headers",
         "keep_alive",
         "reason",
         "status",
@@ -77,11 +144,23 @@ class ResponseHead:
         "version",
     )
 
-    def __init__(self, status: int, reason: bytes, version: bytes, headers: Headers) -> None:
+    def __init__(
+        self,
+        status: int,
+        reason: bytes,
+        version: bytes,
+        headers: Headers | None,
+        raw: bytes | None = None,
+        names: list[bytes] | None = None,
+    ) -> None:
         self.status = status
         self.reason = reason
         self.version = version
-        self.headers = headers
+        self._headers = headers
+        # As RequestHead.raw: the header lines as received, minus any Connection line,
+        # kept only when nothing else in them is hop-by-hop (see plain_response).
+        self.raw = raw
+        self.names = names  # as RequestHead.names
         self.keep_alive = True
         self.chunked = False
         self.content_length: int | None = None
@@ -105,6 +184,11 @@ class ResponseEvents(Protocol):
 class RequestParser(Protocol):
     upgraded_tail: bytes | None  # set once an Upgrade request completed
 
+    def take_plain(self, data: bytes) -> RequestHead | None:
+        """The head when ``data`` is one whole plain request (``guard.http.plain``), to be
+        taken as complete; else None and ``data`` is to be fed. A codec may always say
+        None (h11 does): it is a shortcut, never a different verdict."""
+
     def feed(self, data: bytes) -> None:
         """Parse bytes, calling back; raises a GuardError on malformed input."""
 
@@ -122,6 +206,10 @@ class ResponseParser(Protocol):
     garbage: bool  # the backend sent bytes that belong to no response
     # Set once a 101 head was parsed: the bytes after it belong to the switched protocol.
     upgraded_tail: bytes | None
+
+    def take_plain(self, data: bytes) -> tuple[ResponseHead, bytes] | None:
+        """(head, body) when ``data`` is the whole response and a plain one, to be taken
+        as complete; else None and ``data`` is to be fed (as RequestParser.take_plain)."""
 
     def feed(self, data: bytes) -> None: ...
 

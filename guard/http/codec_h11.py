@@ -127,6 +127,9 @@ class H11RequestParser:
     def _new_conn(self) -> h11.Connection:
         return h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_header_bytes)
 
+    def take_plain(self, data: bytes) -> RequestHead | None:
+        return None  # h11 parses every message itself: no shortcut
+
     def feed(self, data: bytes) -> None:
         if self.upgraded_tail is not None:
             self.upgraded_tail += data
@@ -171,7 +174,10 @@ class H11RequestParser:
                 headers = list(event.headers)
                 if len(headers) > self._max_headers:
                     raise HeaderTooLarge("too many headers")
-                head = RequestHead(event.method, event.target, event.http_version, headers)
+                names = [name for name, _ in event.headers.raw_items()]
+                head = RequestHead(
+                    event.method, event.target, event.http_version, headers, None, names
+                )
                 apply_request_framing(head)
                 self._upgrade = head.upgrade is not None or head.method == b"CONNECT"
                 events.on_request_head(head)
@@ -254,6 +260,9 @@ class H11ResponseParser:
         conn.send(h11.EndOfMessage())
         return conn
 
+    def take_plain(self, data: bytes) -> tuple[ResponseHead, bytes] | None:
+        return None
+
     def feed(self, data: bytes) -> None:
         if not data:
             return
@@ -310,7 +319,10 @@ class H11ResponseParser:
                 headers = list(event.headers)
                 if len(headers) > self._max_headers:
                     raise UpstreamProtocolError("too many response headers")
-                head = ResponseHead(event.status_code, event.reason, event.http_version, headers)
+                names = [name for name, _ in event.headers.raw_items()]
+                head = ResponseHead(
+                    event.status_code, event.reason, event.http_version, headers, None, names
+                )
                 apply_response_framing(head, self._method)
                 events.on_response_head(head)
                 if isinstance(event, h11.InformationalResponse):

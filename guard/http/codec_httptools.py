@@ -14,6 +14,7 @@ from guard.http.codec import (
     apply_request_framing,
     apply_response_framing,
 )
+from guard.http.plain import plain_request, plain_response
 
 _VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
 
@@ -32,6 +33,48 @@ class _AfterResponse(Exception):
     """A callback saw bytes that belong to no response (see HttptoolsResponseParser)."""
 
 
+class _Checker:
+    """llhttp with no per-header callbacks: it only says whether a plain message is valid.
+
+    A plain message (guard.http.plain) is also fed to llhttp, whole, so that it meets the
+    same rules as every other message; its header callbacks are what a plain message
+    saves. Shared by the connections of a process (one event loop: never re-entered).
+    """
+
+    __slots__ = ("complete", "request", "response")
+
+    def __init__(self) -> None:
+        self.complete = False
+        self.request = httptools.HttpRequestParser(self)
+        self.response = httptools.HttpResponseParser(self)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+    def request_ok(self, data: bytes) -> bool:
+        self.complete = False
+        try:
+            self.request.feed_data(data)
+        except httptools.HttpParserError:
+            self.request = httptools.HttpRequestParser(self)
+            return False
+        return self.complete
+
+    def response_ok(self, data: bytes) -> bool:
+        self.complete = False
+        try:
+            self.response.feed_data(data)
+        except httptools.HttpParserError:
+            self.response = httptools.HttpResponseParser(self)
+            return False
+        if not self.complete:  # (cannot be, given a plain shape; never left mid-message)
+            self.response = httptools.HttpResponseParser(self)
+        return self.complete
+
+
+_CHECKER = _Checker()
+
+
 class HttptoolsRequestParser:
     __slots__ = (
         "_events",
@@ -41,6 +84,7 @@ class HttptoolsRequestParser:
         "_max_header_bytes",
         "_max_headers",
         "_mid",
+        "_names",
         "_parser",
         "_url",
         "upgraded_tail",
@@ -52,6 +96,7 @@ class HttptoolsRequestParser:
         self._max_headers = max_headers
         self._parser = httptools.HttpRequestParser(self)
         self._headers: Headers = []
+        self._names: list[bytes] = []
         self._url = b""
         self._in_head = True  # a head is in progress, or the parser waits for one
         self._head_bytes = 0  # bytes fed while this head was in progress
@@ -62,6 +107,7 @@ class HttptoolsRequestParser:
     # -- llhttp callbacks
     def on_message_begin(self) -> None:
         self._headers = []
+        self._names = []
         self._url = b""
         self._in_head = True
 
@@ -75,6 +121,7 @@ class HttptoolsRequestParser:
             # llhttp keeps trailing whitespace in a value; it is not part of it (RFC 9110
             # 5.5). (No other whitespace can end a value: llhttp rejects other controls.)
             self._headers.append((name.lower(), value.rstrip()))
+            self._names.append(name)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -88,7 +135,7 @@ class HttptoolsRequestParser:
         version = _VERSIONS.get(p.get_http_version())
         if version is None:
             raise BadRequest("unsupported http version")
-        head = RequestHead(p.get_method(), self._url, version, self._headers)
+        head = RequestHead(p.get_method(), self._url, version, self._headers, None, self._names)
         apply_request_framing(head)
         self._events.on_request_head(head)
 
@@ -99,10 +146,25 @@ class HttptoolsRequestParser:
         self._in_head = True
         self._mid = True
         self._headers = []
+        self._names = []
         self._url = b""
         self._events.on_request_complete()
 
     # -- feeding
+    def take_plain(self, data: bytes) -> RequestHead | None:
+        """The head, when ``data`` is one whole plain request (guard.http.plain) and the
+        parser waits for a new one; the caller then treats it as complete. Else None, and
+        nothing was consumed: the caller feeds ``data`` as usual."""
+        if not self._in_head or self._head_bytes or self.upgraded_tail is not None:
+            return None
+        plain = plain_request(data, self._max_header_bytes, self._max_headers)
+        if plain is None or not _CHECKER.request_ok(data):
+            return None
+        method, target, host, lines = plain
+        head = RequestHead(method, target, b"1.1", None, lines)
+        head.host = host
+        return head
+
     def feed(self, data: bytes) -> None:
         if self.upgraded_tail is not None:
             self.upgraded_tail += data
@@ -148,6 +210,7 @@ class HttptoolsRequestParser:
         # llhttp stopped at the upgrade; a fresh parser owes nothing to that state.
         self._parser = httptools.HttpRequestParser(self)
         self._headers = []
+        self._names = []
         self._url = b""
         self._in_head = True
         self._head_bytes = 0
@@ -167,6 +230,7 @@ class HttptoolsResponseParser:
         "_max_header_bytes",
         "_max_headers",
         "_method",
+        "_names",
         "_parser",
         "_reason",
         "_started",
@@ -181,6 +245,7 @@ class HttptoolsResponseParser:
         self._parser = httptools.HttpResponseParser(self)
         self._method = b"GET"
         self._headers: Headers = []
+        self._names: list[bytes] = []
         self._reason = b""
         self._in_head = True
         self._head_bytes = 0
@@ -207,6 +272,7 @@ class HttptoolsResponseParser:
         if self._done:
             raise _AfterResponse
         self._headers = []
+        self._names = []
         self._reason = b""
         self._in_head = True
 
@@ -216,6 +282,7 @@ class HttptoolsResponseParser:
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._in_head:  # (trailers are dropped; the count is checked at the head's end)
             self._headers.append((name.lower(), value.rstrip()))
+            self._names.append(name)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -226,7 +293,9 @@ class HttptoolsResponseParser:
         version = _VERSIONS.get(p.get_http_version())
         if version is None:
             raise UpstreamProtocolError("unsupported http version")
-        head = ResponseHead(p.get_status_code(), self._reason, version, self._headers)
+        head = ResponseHead(
+            p.get_status_code(), self._reason, version, self._headers, None, self._names
+        )
         apply_response_framing(head, self._method)
         self._head = head
         self._events.on_response_head(head)
@@ -252,6 +321,24 @@ class HttptoolsResponseParser:
             return  # informational heads have no completion of their own
         self._done = True
         self._events.on_response_complete()
+
+    def take_plain(self, data: bytes) -> tuple[ResponseHead, bytes] | None:
+        """(head, body) when ``data`` is the whole response, and a plain one (see
+        guard.http.plain); the caller then treats it as complete. Else None, and nothing
+        was consumed: the caller feeds ``data`` as usual."""
+        if self._started or self._done or self._method == b"HEAD":
+            return None
+        plain = plain_response(data, self._max_header_bytes, self._max_headers)
+        if plain is None or not _CHECKER.response_ok(data):
+            return None
+        status, reason, lines, keep_alive, body = plain
+        head = ResponseHead(status, reason, b"1.1", None, lines)
+        head.content_length = len(body)
+        head.keep_alive = keep_alive
+        self._head = head
+        self._started = True
+        self._done = True
+        return head, body
 
     def feed(self, data: bytes) -> None:
         if not data:

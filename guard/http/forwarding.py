@@ -137,17 +137,25 @@ class RequestForwarder:
 
     def head_bytes(self, head: RequestHead, target: bytes) -> bytes:
         """The request head Guard sends upstream (always HTTP/1.1, keep-alive)."""
-        tokens = head.connection_tokens
-        drop = _drop_set(_REQUEST_DROP, tokens) if tokens else _REQUEST_DROP
-        lines = [b"%s: %s\r\n" % h for h in head.headers if h[0] not in drop]
-        if self._trusted:
-            forwarding = self._trusted_lines(head, tokens)
-        else:
+        raw = head.raw
+        if raw is not None or not self._trusted:
             host = head.host
             if host != self._host:
                 self._host = host
                 self._host_tail = self._host_lines(host, b"")
             forwarding = self._untrusted_head + self._host_tail
+        if raw is not None:
+            # A plain head: nothing in it is dropped, and with no forwarding fields to
+            # extend, a trusted peer's forwarding lines are the same as anyone's.
+            if self._via is None:
+                return b"%s %s HTTP/1.1\r\n%s%s\r\n" % (head.method, target, raw, forwarding)
+            lines = [raw]
+        else:
+            tokens = head.connection_tokens
+            drop = _drop_set(_REQUEST_DROP, tokens) if tokens else _REQUEST_DROP
+            lines = _header_lines(head, drop)
+            if self._trusted:
+                forwarding = self._trusted_lines(head, tokens)
         tail = b"transfer-encoding: chunked\r\n\r\n" if head.chunked else b"\r\n"
         if head.upgrade is not None:
             # The one hop-by-hop pair that must reach the backend: the proxy decided to
@@ -231,9 +239,20 @@ def response_head_bytes(
     via: bytes | None,
 ) -> bytes:
     """Serialize the response head Guard sends to the client."""
-    tokens = head.connection_tokens
-    drop = _drop_set(HOP_BY_HOP, tokens) if tokens else HOP_BY_HOP
-    lines = [b"%s: %s\r\n" % h for h in head.headers if h[0] not in drop]
+    raw = head.raw
+    if raw is not None:
+        # A plain head: its lines go as received (its Connection line is already out).
+        if via is None and not chunked:
+            if not keep_alive:
+                raw += b"connection: close\r\n"
+            elif client_version == b"1.0":
+                raw += b"connection: keep-alive\r\n"
+            return b"HTTP/1.1 %d %s\r\n%s\r\n" % (head.status, head.reason, raw)
+        lines = [raw]
+    else:
+        tokens = head.connection_tokens
+        drop = _drop_set(HOP_BY_HOP, tokens) if tokens else HOP_BY_HOP
+        lines = _header_lines(head, drop)
     if via is not None:
         lines.append(b"via: %s %s\r\n" % (head.version, via))
     if chunked:
@@ -249,7 +268,7 @@ def switching_bytes(head: ResponseHead, *, via: bytes | None) -> bytes:
     """The 101 head Guard sends the client: its own hop-by-hop headers, the upgrade kept."""
     tokens = head.connection_tokens
     drop = _drop_set(HOP_BY_HOP, tokens) if tokens else HOP_BY_HOP
-    lines = [b"%s: %s\r\n" % h for h in head.headers if h[0] not in drop]
+    lines = _header_lines(head, drop)
     if via is not None:
         lines.append(b"via: %s %s\r\n" % (head.version, via))
     return b"HTTP/1.1 101 %s\r\n%sconnection: upgrade\r\nupgrade: %s\r\n\r\n" % (
@@ -260,12 +279,20 @@ def switching_bytes(head: ResponseHead, *, via: bytes | None) -> bytes:
 
 
 def informational_bytes(head: ResponseHead) -> bytes:
-    out = [b"HTTP/1.1 ", str(head.status).encode(), b" ", head.reason, b"\r\n"]
-    for name, value in head.headers:
-        if name not in HOP_BY_HOP:
-            out += (name, b": ", value, b"\r\n")
-    out.append(b"\r\n")
-    return b"".join(out)
+    lines = _header_lines(head, HOP_BY_HOP)
+    return b"HTTP/1.1 %d %s\r\n%s\r\n" % (head.status, head.reason, b"".join(lines))
+
+
+def _header_lines(head: RequestHead | ResponseHead, drop: frozenset[bytes]) -> list[bytes]:
+    """The header lines of a parsed head, minus ``drop``, with the names as received."""
+    names = head.names
+    if names is None:
+        return [b"%s: %s\r\n" % h for h in head.headers if h[0] not in drop]
+    return [
+        b"%s: %s\r\n" % (n, h[1])
+        for h, n in zip(head.headers, names, strict=True)
+        if h[0] not in drop
+    ]
 
 
 def error_response_bytes(

@@ -28,7 +28,13 @@ from guard.errors import (
     UpstreamTimeout,
     WakeTimeout,
 )
-from guard.http.codec import VALID_HOST, RequestHead, ResponseHead, make_request_parser
+from guard.http.codec import (
+    VALID_HOST,
+    Headers,
+    RequestHead,
+    ResponseHead,
+    make_request_parser,
+)
 from guard.http.forwarding import (
     RequestForwarder,
     error_response_bytes,
@@ -58,6 +64,10 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 _clock = time.perf_counter
+
+# Passed for the headers where nothing reads them (never mutated): a plain request's
+# header list is then never built (see RequestHead.headers).
+_NONE: Headers = []
 
 # Deadline kinds
 _T_HEADER, _T_IDLE, _T_RESPONSE, _T_WAKE, _T_BODY = 1, 2, 3, 4, 5
@@ -244,6 +254,20 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
             self._set_deadline(_T_HEADER, self._ctx.request_header_timeout)
         parser = self._parser
         cork = CORK
+        if self._active is None and self._parsing is None and not self._closed:
+            head = parser.take_plain(data)
+            if head is not None:
+                # One whole plain request (the usual keep-alive GET): the same events the
+                # parser would send, without its per-header work.
+                cork.depth += 1
+                try:
+                    self.on_request_head(head)
+                    self.on_request_complete()
+                finally:
+                    cork.depth -= 1
+                    if not cork.depth and cork.dirty:
+                        cork.flush()
+                return
         while True:
             cork.depth += 1
             try:
@@ -455,7 +479,10 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
                     self._keep_alive = False  # llhttp closes on these too: one verdict
                     raise
             path = target if (q := target.find(b"?")) < 0 else target[:q]
-            match = ctx.table.match(head.host, path, head.method, head.headers)
+            table = ctx.table
+            match = table.match(
+                head.host, path, head.method, head.headers if table.reads_headers else _NONE
+            )
             if match is None:
                 raise RouteNotFound(f"no route for {head.host.decode('latin-1')}")
             route = match.route
@@ -471,24 +498,25 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
                 # Frame mode: Guard reads every frame, so no extension may be negotiated
                 # (it could not decode, say, permessage-deflate on the client's behalf).
                 self._ws_max = route.config.websocket.max_message
-                head.headers = [h for h in head.headers if h[0] != b"sec-websocket-extensions"]
+                head.drop(b"sec-websocket-extensions")
             service = route.target
             self._stats = ctx.stats.get(route.name) or ctx.route_stats(route.name, service.name)
             self._service_name = service.name
             self._target = route.rewrite_target(target) if route.strip_prefix else target
+            headers = head.headers if service.reads_headers else _NONE
             if service.wakeable:
                 self._container = service
-                key = service.key_of(match.key, head.headers)
-                pool = service.pick(head.headers, self._client_ip, path, key)
+                key = service.key_of(match.key, headers)
+                pool = service.pick(headers, self._client_ip, path, key)
                 if pool is None:
                     # No instance can take it now: wait for a wake, on the wake deadline
                     # (never on the upstream timeouts). The body keeps arriving into
                     # req.body until the early-body cap pauses reading.
-                    self._hold = service.hold(self, key, head.headers, self._client_ip, path)
+                    self._hold = service.hold(self, key, headers, self._client_ip, path)
                     self._set_deadline(_T_WAKE, service.wake_timeout)
                     return
             else:
-                pool = service.pick(head.headers, self._client_ip, path)
+                pool = service.pick(headers, self._client_ip, path)
                 if pool is None:
                     raise NoHealthyUpstream(f"no available server for service {service.name}")
                 if service.policed:
@@ -559,7 +587,7 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
             and head.version == b"1.0"
             and all(name != b"host" for name, _ in head.headers)
         ):
-            head.headers.insert(0, (b"host", b""))
+            head.put_first(b"host", b"")
         self._pool = pool
         pool.backend.in_flight += 1
         if head.expect_continue:
@@ -663,7 +691,7 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         # RFC 9112 3.2.2: the received Host is ignored and the one sent on is the target's
         # authority. Forwarding the client's Host let the backend see another virtual host
         # than the one Guard routed by.
-        head.headers = [(b"host", authority)] + [h for h in head.headers if h[0] != b"host"]
+        head.put_first(b"host", authority)
         return origin
 
     def _on_connected(self, conn: UpstreamConnection | None, err: GuardError | None) -> None:
@@ -783,6 +811,39 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
             data = b"%bx-guard-cold-start: %d\r\n\r\n" % (data[:-2], self._cold_ms)
         self._write(data)
         self._replay = None
+
+    def on_plain_response(self, head: ResponseHead, body: bytes) -> None:
+        """A whole plain response (see guard.http.plain): what on_response_head, _body and
+        _complete do, in one call (the caller corks: head and body go in one send)."""
+        req = self._active
+        if req is None or self._svc is not None or self._cold_ms >= 0 or self._closed:
+            # (retries and cold-start headers are the general path's business)
+            upstream = self._upstream
+            self.on_response_head(head)
+            if self._upstream is upstream:
+                if body:
+                    self.on_response_body(body)
+                self.on_response_complete()
+            return
+        self._response_started = True
+        self._status = head.status
+        self._resp_keep_alive = head.keep_alive
+        self._clear_deadline()
+        if not req.complete:
+            self._keep_alive = False  # an early answer: the rest of the body goes unread
+        self.bytes_out += len(body)
+        data = response_head_bytes(
+            head,
+            chunked=False,
+            keep_alive=self._keep_alive,
+            client_version=req.head.version,
+            via=self._ctx.via,
+        )
+        self._write(data)
+        if body:
+            self._write(body)
+        self._replay = None
+        self.on_response_complete()
 
     def _on_switching(self, req: _Request, head: ResponseHead) -> None:
         if req.head.upgrade is None:

@@ -77,6 +77,11 @@ class ContainerDirectory(Generic[T]):
         self._containers.clear()
         self._hosts.clear()
 
+    @property
+    def reads_headers(self) -> bool:
+        """Whether match() may look at the headers (the container header)."""
+        return bool(self._containers)
+
     # ------------------------------------------------------------------ match
     def match(self, host: bytes, headers: list[tuple[bytes, bytes]]) -> RouteMatchResult[T] | None:
         """The container a request is for; None when it names none; ContainerNotFound when
@@ -144,6 +149,10 @@ class ContainerAwareTable(Generic[T]):
         self.directory = directory
         self.listener = inner.listener
         self.routes = inner.routes
+
+    @property
+    def reads_headers(self) -> bool:
+        return self.inner.reads_headers or self.directory.reads_headers
 
     def match(
         self, host: bytes, path: bytes, method: bytes, headers: list[tuple[bytes, bytes]]

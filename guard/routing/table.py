@@ -234,7 +234,16 @@ def normalize_host(raw: bytes) -> bytes:
 class HttpRouteTable(Generic[T]):
     """The HTTP routes of one listener."""
 
-    __slots__ = ("_any", "_cache", "_capture", "_exact", "_wildcard", "listener", "routes")
+    __slots__ = (
+        "_any",
+        "_cache",
+        "_capture",
+        "_exact",
+        "_wildcard",
+        "listener",
+        "reads_headers",
+        "routes",
+    )
 
     def __init__(self, listener: str, routes: Sequence[CompiledRoute[T]]) -> None:
         self.listener = listener
@@ -244,6 +253,9 @@ class HttpRouteTable(Generic[T]):
         self._wildcard: dict[bytes, _Bucket] = {}
         self._any: _Bucket | None = None
         self._cache: dict[bytes, _Candidates] = {}
+        # Whether match() looks at the headers (a route matches on some): when not, the
+        # proxy passes none and a plain request's header list is never built.
+        self.reads_headers = False
         self._compile()
 
     # ------------------------------------------------------------------ build
@@ -276,6 +288,8 @@ class HttpRouteTable(Generic[T]):
                 if m.headers
                 else None
             )
+            if required:
+                self.reads_headers = True
             result = RouteMatchResult(route, None)
             entries = table.get(key)
             if entries is None:

@@ -142,6 +142,8 @@ class ContainerService:
         self.balancer = make_balancer(
             config.balance, config.hash_on, [i.pool.backend for i in self._ready.values()]
         )
+        # Whether key_of/pick/hold look at the headers (see Balancer.reads_headers).
+        self.reads_headers = self.balancer.reads_headers or self._key_header is not None
 
     # ------------------------------------------------------------------ routing
     def key_of(self, captured: str | None, headers: Headers) -> str | None:

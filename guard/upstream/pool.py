@@ -36,6 +36,8 @@ class UpstreamClient(Protocol):
     def on_upstream_pause(self) -> None: ...
     def on_upstream_resume(self) -> None: ...
     def on_upstream_switched(self, conn: UpstreamConnection, tail: bytes) -> None: ...
+    def on_plain_response(self, head: ResponseHead, body: bytes) -> None:
+        """A whole plain response: the same as head, body (if any) and complete."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +100,12 @@ class UpstreamConnection(BufferedWriter, asyncio.Protocol):
         cork.depth += 1
         try:
             parser = self.parser
+            plain = parser.take_plain(data)
+            if plain is not None:
+                # The whole response in one read, and a plain one: the parser's events
+                # without its per-header work.
+                client.on_plain_response(*plain)
+                return
             parser.feed(data)
             if parser.upgraded_tail is not None and self.client is not None:
                 # A 101 the exchange accepted (else it would have let go of us by now).

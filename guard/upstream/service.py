@@ -32,6 +32,7 @@ class Service:
         "outlier",
         "pending",
         "policed",
+        "reads_headers",
         "retries",
         "retries_total",
         "retry_on",
@@ -53,6 +54,7 @@ class Service:
         self.config = config
         backends = [Backend(s.host, s.port) for s in config.servers]
         self.balancer = make_balancer(config.balance, config.hash_on, backends)
+        self.reads_headers = self.balancer.reads_headers  # (see Balancer.reads_headers)
         self._pools = {
             b: UpstreamPool(b, settings, loop=loop, resolver=resolver, sweeper=sweeper)
             for b in backends

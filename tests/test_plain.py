@@ -1,0 +1,276 @@
+"""Plain messages (guard.http.plain) and the httptools codec's shortcut for them.
+
+The shortcut must never be a different verdict: whatever ``take_plain`` accepts, the
+general parser, fed the same bytes, must produce the same head (every field, the header
+names as received) and Guard must forward the same bytes. Hypothesis generates heads
+near the edge of "plain" (odd case, odd whitespace, special fields, repeated fields).
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from guard.http.codec import RequestHead, ResponseHead
+from guard.http.codec_httptools import HttptoolsRequestParser, HttptoolsResponseParser
+from guard.http.forwarding import RequestForwarder, response_head_bytes
+from guard.http.plain import plain_request, plain_response
+
+LIMIT = 16384
+
+
+class Events:
+    def __init__(self) -> None:
+        self.heads: list[RequestHead | ResponseHead] = []
+        self.body = b""
+        self.complete = 0
+
+    def on_request_head(self, head: RequestHead) -> None:
+        self.heads.append(head)
+
+    def on_response_head(self, head: ResponseHead) -> None:
+        self.heads.append(head)
+
+    def on_request_body(self, data: bytes) -> None:
+        self.body += data
+
+    on_response_body = on_request_body
+
+    def on_request_complete(self) -> None:
+        self.complete += 1
+
+    on_response_complete = on_request_complete
+
+
+GET = b"GET /a?b=1 HTTP/1.1\r\nHost: app.test:8080\r\nUser-Agent: curl\r\nAccept: */*\r\n\r\n"
+OK = (
+    b"HTTP/1.1 200 OK\r\nServer: x\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n"
+    b"Connection: keep-alive\r\n\r\nhello"
+)
+
+
+def test_a_usual_get_is_plain() -> None:
+    assert plain_request(GET, LIMIT, 100) == (
+        b"GET",
+        b"/a?b=1",
+        b"app.test:8080",
+        b"Host: app.test:8080\r\nUser-Agent: curl\r\nAccept: */*\r\n",
+    )
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        GET + GET,  # pipelined
+        GET[:-2],  # incomplete
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx",
+        b"GET / HTTP/1.0\r\nHost: a\r\n\r\n",
+        b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET /#f HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",  # two in a row
+        b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\nhost: a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nX: 1\r\n\r\n",  # no Host
+        b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost:a\r\n\r\n",  # not "Name: value"
+        b"GET / HTTP/1.1\r\nHost: a\r\nX:  1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX: 1 \r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nX:\r\n\r\n",
+        b"CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n",
+        *(
+            b"GET / HTTP/1.1\r\nHost: a\r\n%s: v\r\n\r\n" % name
+            for name in (
+                b"Connection",
+                b"keep-alive",
+                b"Proxy-Connection",
+                b"TE",
+                b"Trailer",
+                b"Upgrade",
+                b"Transfer-Encoding",
+                b"Content-Length",
+                b"Expect",
+                b"X-Forwarded-For",
+                b"x-forwarded-proto",
+                b"X-Forwarded-Host",
+                b"Forwarded",
+            )
+        ),
+    ],
+)
+def test_not_plain_requests(data: bytes) -> None:
+    assert plain_request(data, LIMIT, 100) is None
+
+
+def test_limits_make_a_request_not_plain() -> None:
+    assert plain_request(GET, len(GET) - 1, 100) is None
+    assert plain_request(GET, LIMIT, 2) is None
+    assert plain_request(GET, LIMIT, 3) is not None
+
+
+def test_a_usual_response_is_plain_without_its_connection_line() -> None:
+    assert plain_response(OK, LIMIT, 100) == (
+        200,
+        b"OK",
+        b"Server: x\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n",
+        True,
+        b"hello",
+    )
+    first = b"HTTP/1.1 404 Not Found\r\nconnection: close\r\nContent-Length: 0\r\n\r\n"
+    assert plain_response(first, LIMIT, 100) == (
+        404,
+        b"Not Found",
+        b"Content-Length: 0\r\n",
+        False,
+        b"",
+    )
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        OK[:-1],  # the body not all here
+        OK + b"x",  # more than the body
+        OK.replace(b"HTTP/1.1", b"HTTP/1.0"),
+        b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n\r\nuntil close",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+        b"HTTP/1.1 200 OK\r\nContent-Length: +1\r\n\r\nx",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: x-a\r\nX-A: 1\r\n\r\nx",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\nConnection: x\r\n\r\nx",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nKeep-Alive: 5\r\n\r\nx",
+        b"HTTP/1.1 200 OK\r\nContent-Length:1\r\n\r\nx",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nX: a \r\n\r\nx",
+    ],
+)
+def test_not_plain_responses(data: bytes) -> None:
+    assert plain_response(data, LIMIT, 100) is None
+
+
+def _same(a: RequestHead | ResponseHead, b: RequestHead | ResponseHead) -> None:
+    for slot in type(a).__slots__:
+        if slot not in ("_headers", "raw", "names"):
+            assert getattr(a, slot) == getattr(b, slot), slot
+    assert a.headers == b.headers
+    assert a.names_as_received() == b.names_as_received() if isinstance(a, RequestHead) else True
+
+
+# Heads near the edge of plain: names in any case (special ones included), values with
+# odd whitespace, fields repeated, now and then a framing field or a bad byte.
+_NAMES = st.sampled_from(
+    [b"Host", b"host", b"HOST", b"Accept", b"X-Id", b"x-id", b"Cookie", b"Via", b"User-Agent",
+     b"Connection", b"Content-Length", b"Transfer-Encoding", b"Expect", b"TE", b"Upgrade",
+     b"X-Forwarded-For", b"Forwarded", b"Keep-Alive", b"Server", b"Date", b"Set-Cookie"]
+)  # fmt: skip
+_VALUES = st.sampled_from(
+    [b"a.test", b"a.test:80", b"1", b"close", b"keep-alive", b"chunked", b"100-continue",
+     b" x", b"x ", b"", b"a  b", b"\tz", b"caf\xc3\xa9", b"a\x01b", b"[::1]:8", b"a,b", b"5"]
+)  # fmt: skip
+_LINES = st.lists(st.tuples(_NAMES, st.sampled_from([b": ", b":", b":  "]), _VALUES), max_size=8)
+
+
+def _build(first: bytes, lines: list[tuple[bytes, bytes, bytes]], body: bytes) -> bytes:
+    return first + b"".join(n + sep + v + b"\r\n" for n, sep, v in lines) + b"\r\n" + body
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    first=st.sampled_from(
+        [
+            b"GET / HTTP/1.1\r\n",
+            b"HEAD /x?y HTTP/1.1\r\n",
+            b"DELETE /a/b HTTP/1.1\r\n",
+            b"GET / HTTP/1.0\r\n",
+            b"PURGE /c HTTP/1.1\r\n",
+            b"get / HTTP/1.1\r\n",
+        ]
+    ),
+    lines=_LINES,
+    trusted=st.booleans(),
+)
+def test_a_plain_request_is_the_general_parse(first: bytes, lines, trusted: bool) -> None:
+    data = _build(first, lines, b"")
+    shortcut = HttptoolsRequestParser(Events(), LIMIT, 100)
+    head = shortcut.take_plain(data)
+    if head is None:
+        return
+    events = Events()
+    general = HttptoolsRequestParser(events, LIMIT, 100)
+    general.feed(data)  # a head take_plain accepts the general parser accepts too
+    assert len(events.heads) == 1 and events.complete == 1
+    full = events.heads[0]
+    assert isinstance(full, RequestHead)
+    _same(head, full)
+
+    def forwarder() -> RequestForwarder:
+        return RequestForwarder(
+            client_ip=b"10.0.0.1", forwarded_for=b"for=10.0.0.1", proto=b"http",
+            trusted=trusted, via=None,
+        )  # fmt: skip
+
+    assert forwarder().head_bytes(head, head.target) == forwarder().head_bytes(full, full.target)
+    # the shortcut used the shared checker: the next message starts clean
+    assert shortcut.take_plain(GET) is not None
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    first=st.sampled_from(
+        [
+            b"HTTP/1.1 200 OK\r\n",
+            b"HTTP/1.1 404 Not Found\r\n",
+            b"HTTP/1.1 503 \r\n",
+            b"HTTP/1.1 204 No Content\r\n",
+            b"HTTP/1.0 200 OK\r\n",
+        ]
+    ),
+    lines=_LINES,
+    body=st.sampled_from([b"", b"hello", b"x" * 100]),
+    client_version=st.sampled_from([b"1.1", b"1.0"]),
+    length=st.booleans(),
+)
+def test_a_plain_response_is_the_general_parse(
+    first: bytes, lines, body: bytes, client_version: bytes, length: bool
+) -> None:
+    if length:
+        lines = [*lines, (b"Content-Length", b": ", b"%d" % len(body))]
+    data = _build(first, lines, body)
+    shortcut = HttptoolsResponseParser(Events(), LIMIT, 100)
+    shortcut.start(b"GET")
+    taken = shortcut.take_plain(data)
+    if taken is None:
+        return
+    head, got_body = taken
+    events = Events()
+    general = HttptoolsResponseParser(events, LIMIT, 100)
+    general.start(b"GET")
+    general.feed(data)
+    assert len(events.heads) == 1 and events.complete == 1
+    full = events.heads[0]
+    assert isinstance(full, ResponseHead)
+    assert got_body == events.body == body
+    for slot in ("status", "reason", "version", "keep_alive", "content_length", "chunked"):
+        assert getattr(head, slot) == getattr(full, slot), slot
+    for keep_alive in (True, False):
+        args = {"chunked": False, "keep_alive": keep_alive, "client_version": client_version}
+        assert response_head_bytes(head, via=None, **args) == response_head_bytes(
+            full, via=None, **args
+        )
+        assert response_head_bytes(head, via=b"guard", **args) == response_head_bytes(
+            full, via=b"guard", **args
+        )
+
+
+def test_head_requests_responses_are_never_taken_plain() -> None:
+    parser = HttptoolsResponseParser(Events(), LIMIT, 100)
+    parser.start(b"HEAD")
+    assert parser.take_plain(OK) is None
+
+
+def test_a_request_mid_head_is_not_taken() -> None:
+    events = Events()
+    parser = HttptoolsRequestParser(events, LIMIT, 100)
+    parser.feed(GET[:10])
+    assert parser.take_plain(GET) is None  # the parser holds the start of another head
