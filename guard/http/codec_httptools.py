@@ -34,24 +34,29 @@ class _AfterResponse(Exception):
 
 
 class _Checker:
-    """llhttp with no per-header callbacks: it only says whether a plain message is valid.
+    """llhttp with no per-header callbacks: it says whether a plain message is valid.
 
     A plain message (guard.http.plain) is also fed to llhttp, whole, so that it meets the
     same rules as every other message; its header callbacks are what a plain message
     saves. Shared by the connections of a process (one event loop: never re-entered).
     """
 
-    __slots__ = ("complete", "request", "response")
+    __slots__ = ("begun", "complete", "request", "response")
 
     def __init__(self) -> None:
+        self.begun = 0
         self.complete = False
         self.request = httptools.HttpRequestParser(self)
         self.response = httptools.HttpResponseParser(self)
+
+    def on_message_begin(self) -> None:
+        self.begun += 1
 
     def on_message_complete(self) -> None:
         self.complete = True
 
     def request_ok(self, data: bytes) -> bool:
+        """``data`` is one whole valid request (the caller made sure it holds one head)."""
         self.complete = False
         try:
             self.request.feed_data(data)
@@ -60,16 +65,24 @@ class _Checker:
             return False
         return self.complete
 
-    def response_ok(self, data: bytes) -> bool:
+    def response_ok(self, data: bytes) -> int:
+        """The status when ``data`` is exactly one whole valid response with a body
+        (status 200-599 but 204 and 304), else 0."""
         self.complete = False
+        self.begun = 0
+        parser = self.response
         try:
-            self.response.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserError:
             self.response = httptools.HttpResponseParser(self)
-            return False
-        if not self.complete:  # (cannot be, given a plain shape; never left mid-message)
+            return 0
+        if not self.complete or self.begun != 1:
+            # A part of the body missing, or more after it: left mid-message, llhttp
+            # would read the next response as its continuation.
             self.response = httptools.HttpResponseParser(self)
-        return self.complete
+            return 0
+        status: int = parser.get_status_code()
+        return status if status >= 200 and status != 204 and status != 304 else 0
 
 
 _CHECKER = _Checker()
@@ -329,9 +342,12 @@ class HttptoolsResponseParser:
         if self._started or self._done or self._method == b"HEAD":
             return None
         plain = plain_response(data, self._max_header_bytes, self._max_headers)
-        if plain is None or not _CHECKER.response_ok(data):
+        if plain is None:
             return None
-        status, reason, lines, keep_alive, body = plain
+        status = _CHECKER.response_ok(data)
+        if not status:
+            return None
+        reason, lines, keep_alive, body = plain
         head = ResponseHead(status, reason, b"1.1", None, lines)
         head.content_length = len(body)
         head.keep_alive = keep_alive

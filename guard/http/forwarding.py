@@ -241,13 +241,8 @@ def response_head_bytes(
     """Serialize the response head Guard sends to the client."""
     raw = head.raw
     if raw is not None:
-        # A plain head: its lines go as received (its Connection line is already out).
         if via is None and not chunked:
-            if not keep_alive:
-                raw += b"connection: close\r\n"
-            elif client_version == b"1.0":
-                raw += b"connection: keep-alive\r\n"
-            return b"HTTP/1.1 %d %s\r\n%s\r\n" % (head.status, head.reason, raw)
+            return plain_response_bytes(head, raw, b"", keep_alive, client_version)
         lines = [raw]
     else:
         tokens = head.connection_tokens
@@ -262,6 +257,18 @@ def response_head_bytes(
     elif client_version == b"1.0":
         lines.append(b"connection: keep-alive\r\n")
     return b"HTTP/1.1 %d %s\r\n%s\r\n" % (head.status, head.reason, b"".join(lines))
+
+
+def plain_response_bytes(
+    head: ResponseHead, raw: bytes, body: bytes, keep_alive: bool, client_version: bytes
+) -> bytes:
+    """A plain head (``raw``: its lines as received, the Connection line already out) as
+    Guard sends it with no Via, followed by ``body``."""
+    if not keep_alive:
+        raw += b"connection: close\r\n"
+    elif client_version == b"1.0":
+        raw += b"connection: keep-alive\r\n"
+    return b"HTTP/1.1 %d %s\r\n%s\r\n%s" % (head.status, head.reason, raw, body)
 
 
 def switching_bytes(head: ResponseHead, *, via: bytes | None) -> bytes:

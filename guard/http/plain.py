@@ -16,27 +16,39 @@ import re
 from guard.http.codec import LLHTTP_METHODS, VALID_HOST
 
 _REQUEST_LINE = re.compile(rb"([A-Z-]+) (/[^ #\r\n]*) HTTP/1\.1\r\n")
-# Fields a proxy acts on (framing, hop-by-hop, Expect) or rewrites (forwarding): a head
-# with any of them is not plain. Matched against the lowercased head (a case-insensitive
-# pattern costs Python's re several times more). Host is counted on its own.
-_REQUEST_SPECIAL = re.compile(
-    rb"\r\n(?:connection|keep-alive|proxy-connection|te|trailer|upgrade|transfer-encoding"
+# One scan of the lowercased head (a case-insensitive pattern costs Python's re several
+# times more) for what makes a request not plain: a field the proxy acts on (framing,
+# hop-by-hop, Expect) or rewrites (forwarding), or a line not in the form "Name: value"
+# with one space after the colon (forwarded as it came, such a line would differ from the
+# general path's). A name holds no colon, so the first colon of a line ends it. Trailing
+# whitespace, the other way a line can differ, is looked for with bytes.find.
+_NOT_PLAIN_REQUEST = re.compile(
+    rb"\r\n(?:(?:connection|keep-alive|proxy-connection|te|trailer|upgrade|transfer-encoding"
     rb"|content-length|expect|x-forwarded-for|x-forwarded-proto|x-forwarded-host|forwarded):"
+    rb"|[^:\r\n]*:(?! [^ \t\r]))"
 )
 # Methods llhttp knows (a body-less request of any of them is plain), but CONNECT, which
 # Guard answers itself.
 _PLAIN_METHODS = LLHTTP_METHODS - {b"CONNECT"}
 
-_STATUS_LINE = re.compile(rb"HTTP/1\.1 ([2-5][0-9][0-9]) ([^\r\n]*)\r\n")
-_RESPONSE_HOP_BY_HOP = re.compile(
-    rb"\r\n(?:keep-alive|proxy-connection|te|trailer|upgrade|transfer-encoding):"
+_NOT_PLAIN_RESPONSE = re.compile(
+    rb"\r\n(?:(?:keep-alive|proxy-connection|te|trailer|upgrade|transfer-encoding):"
+    rb"|[^:\r\n]*:(?! [^ \t\r]))"
 )
 _WS = b" \t"
-# A header line not in the form "Name: value" (one space after the colon, a value with
-# no surrounding whitespace): forwarded as it came it would differ from the general
-# path's "name: value", so such a head is not plain. (A name holds no colon, so the
-# first colon of a line ends it.)
-_ODD_LINE = re.compile(rb"\r\n[^:\r\n]*:(?! [^ \t\r])|[ \t]\r\n")
+
+# Hosts already found valid (they repeat): a dict hit instead of a regex. Bounded.
+_VALID_HOSTS: dict[bytes, bool] = {}
+
+
+def _valid_host(host: bytes) -> bool:
+    ok = _VALID_HOSTS.get(host)
+    if ok is None:
+        ok = VALID_HOST.fullmatch(host) is not None
+        if len(_VALID_HOSTS) >= 4096:
+            _VALID_HOSTS.clear()
+        _VALID_HOSTS[host] = ok
+    return ok
 
 
 def plain_request(
@@ -55,7 +67,11 @@ def plain_request(
     if line is None:
         return None
     low = data.lower()
-    if _REQUEST_SPECIAL.search(low) is not None or _ODD_LINE.search(data) is not None:
+    if (
+        _NOT_PLAIN_REQUEST.search(low) is not None
+        or data.find(b" \r\n") >= 0
+        or data.find(b"\t\r\n") >= 0
+    ):
         return None
     method = line.group(1)
     if method not in _PLAIN_METHODS:
@@ -64,43 +80,38 @@ def plain_request(
     if i < 0 or low.find(b"\r\nhost:", i + 7) >= 0:
         return None  # none, or several
     host = data[i + 7 : data.find(b"\r", i + 7)].strip(_WS)
-    if not VALID_HOST.fullmatch(host) or data.count(b"\r\n") - 2 > max_headers:
+    if not _valid_host(host):
         return None
+    if n > 4 * max_headers and data.count(b"\r\n") - 2 > max_headers:
+        return None  # (a header line takes 4 bytes at least: "a:\r\n")
     return method, line.group(2), host, data[line.end() : n - 2]
 
 
 def plain_response(
     data: bytes, max_header_bytes: int, max_headers: int
-) -> tuple[int, bytes, bytes, bool, bytes] | None:
-    """(status, reason, header lines, keep-alive, body) when ``data`` is exactly one plain
-    response to a request other than HEAD.
+) -> tuple[bytes, bytes, bool, bytes] | None:
+    """(reason, header lines, keep-alive, body) when the head in ``data`` is plain and
+    ``data`` may be exactly one response: the caller has llhttp confirm that it is (one
+    whole message, nothing after it, of a status with a body) and give the status.
 
-    Plain: HTTP/1.1, a final status that has a body (not 1xx, 204 or 304), exactly one
-    Content-Length and exactly that many body bytes after the head, no hop-by-hop field
-    but one ``Connection: keep-alive`` or ``close`` (whose line is left out of the
-    returned header lines), within the limits.
+    Plain: HTTP/1.1, no hop-by-hop field but one ``Connection: keep-alive`` or ``close``
+    (whose line is left out of the returned header lines), no Transfer-Encoding (a body
+    then has a Content-Length, whose framing llhttp checks), lines in "Name: value" form,
+    within the limits.
     """
     end = data.find(b"\r\n\r\n") + 2
-    if end < 2 or end + 2 > max_header_bytes:
-        return None
-    line = _STATUS_LINE.match(data)
-    if line is None:
+    if end < 2 or end + 2 > max_header_bytes or not data.startswith(b"HTTP/1.1 "):
         return None
     low = data[:end].lower()
-    if _RESPONSE_HOP_BY_HOP.search(low) is not None or _ODD_LINE.search(data, 0, end) is not None:
+    if (
+        _NOT_PLAIN_RESPONSE.search(low) is not None
+        or low.find(b" \r\n") >= 0
+        or low.find(b"\t\r\n") >= 0
+    ):
         return None
-    status = int(line.group(1))
-    if status == 204 or status == 304:
+    if end > 4 * max_headers and low.count(b"\r\n") - 1 > max_headers:
         return None
-    i = low.find(b"\r\ncontent-length:")
-    if i < 0 or low.find(b"\r\ncontent-length:", i + 17) >= 0:
-        return None  # none, or several
-    length = low[i + 17 : low.find(b"\r", i + 17)].strip(_WS)
-    if not length.isdigit() or not length.isascii() or len(data) - end - 2 != int(length):
-        return None
-    if low.count(b"\r\n") - 1 > max_headers:
-        return None
-    start = line.end()
+    start = low.find(b"\r\n") + 2  # the first header line
     keep_alive = True
     i = low.find(b"\r\nconnection:")
     if i >= 0:
@@ -115,4 +126,4 @@ def plain_response(
         lines = data[start : i + 2] + data[j + 2 : end]  # the lines around it
     else:
         lines = data[start:end]
-    return status, line.group(2), lines, keep_alive, data[end + 2 :]
+    return data[13 : start - 2], lines, keep_alive, data[end + 2 :]

@@ -40,6 +40,7 @@ from guard.http.forwarding import (
     error_response_bytes,
     forwarded_for_value,
     informational_bytes,
+    plain_response_bytes,
     response_head_bytes,
     switching_bytes,
 )
@@ -60,6 +61,7 @@ _PAUSE_STOPPED = 8  # nothing more will be read (parse error, upgrade until answ
 
 _MAX_EARLY_BODY = 256 * 1024  # body buffered before the upstream connection is ready
 _MAX_REPLAY = 64 * 1024  # bytes kept so a request can be resent on a fresh connection
+_JOIN_MAX = 64 * 1024  # a plain response's body up to this is sent in one write with its head
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
@@ -258,15 +260,10 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
             head = parser.take_plain(data)
             if head is not None:
                 # One whole plain request (the usual keep-alive GET): the same events the
-                # parser would send, without its per-header work.
-                cork.depth += 1
-                try:
-                    self.on_request_head(head)
-                    self.on_request_complete()
-                finally:
-                    cork.depth -= 1
-                    if not cork.depth and cork.dirty:
-                        cork.flush()
+                # parser would send, without its per-header work. (Uncorked: it makes one
+                # write, the head upstream, or Guard's own answer.)
+                self.on_request_head(head)
+                self.on_request_complete()
                 return
         while True:
             cork.depth += 1
@@ -814,16 +811,20 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
 
     def on_plain_response(self, head: ResponseHead, body: bytes) -> None:
         """A whole plain response (see guard.http.plain): what on_response_head, _body and
-        _complete do, in one call (the caller corks: head and body go in one send)."""
+        _complete do, in one call and one write."""
         req = self._active
         if req is None or self._svc is not None or self._cold_ms >= 0 or self._closed:
             # (retries and cold-start headers are the general path's business)
             upstream = self._upstream
-            self.on_response_head(head)
-            if self._upstream is upstream:
-                if body:
-                    self.on_response_body(body)
-                self.on_response_complete()
+            CORK.depth += 1
+            try:
+                self.on_response_head(head)
+                if self._upstream is upstream:
+                    if body:
+                        self.on_response_body(body)
+                    self.on_response_complete()
+            finally:
+                CORK.release()
             return
         self._response_started = True
         self._status = head.status
@@ -832,16 +833,21 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         if not req.complete:
             self._keep_alive = False  # an early answer: the rest of the body goes unread
         self.bytes_out += len(body)
-        data = response_head_bytes(
-            head,
-            chunked=False,
-            keep_alive=self._keep_alive,
-            client_version=req.head.version,
-            via=self._ctx.via,
-        )
-        self._write(data)
-        if body:
-            self._write(body)
+        raw = head.raw
+        if raw is not None and self._ctx.via is None and len(body) <= _JOIN_MAX:
+            self._write(plain_response_bytes(head, raw, body, self._keep_alive, req.head.version))
+        else:
+            self._write(
+                response_head_bytes(
+                    head,
+                    chunked=False,
+                    keep_alive=self._keep_alive,
+                    client_version=req.head.version,
+                    via=self._ctx.via,
+                )
+            )
+            if body:
+                self._write(body)  # (a large body is not copied: two sends)
         self._replay = None
         self.on_response_complete()
 

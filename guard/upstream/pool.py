@@ -96,16 +96,16 @@ class UpstreamConnection(BufferedWriter, asyncio.Protocol):
             self.close()
             return
         self._got_bytes = True
+        parser = self.parser
+        plain = parser.take_plain(data)
+        if plain is not None:
+            # The whole response in one read, and a plain one: the parser's events without
+            # its per-header work (and uncorked: it makes one write of head and body).
+            client.on_plain_response(*plain)
+            return
         cork = CORK
         cork.depth += 1
         try:
-            parser = self.parser
-            plain = parser.take_plain(data)
-            if plain is not None:
-                # The whole response in one read, and a plain one: the parser's events
-                # without its per-header work.
-                client.on_plain_response(*plain)
-                return
             parser.feed(data)
             if parser.upgraded_tail is not None and self.client is not None:
                 # A 101 the exchange accepted (else it would have let go of us by now).
