@@ -56,7 +56,27 @@ def test_a_usual_get_is_plain() -> None:
         b"/a?b=1",
         b"app.test:8080",
         b"Host: app.test:8080\r\nUser-Agent: curl\r\nAccept: */*\r\n",
+        None,
+        None,
     )
+
+
+def test_connection_keep_alive_or_close_is_plain_and_not_forwarded() -> None:
+    # (what browsers send: the line is Guard's to drop, and nothing else is named)
+    for value, token in ((b"keep-alive", b"keep-alive"), (b"Close", b"close")):
+        data = b"GET / HTTP/1.1\r\nConnection: %s\r\nHost: a\r\nX: 1\r\n\r\n" % value
+        lines = b"Connection: %s\r\nHost: a\r\nX: 1\r\n" % value
+        forward = b"Host: a\r\nX: 1\r\n"
+        assert plain_request(data, LIMIT, 100) == (b"GET", b"/", b"a", lines, forward, token)
+    parser = HttptoolsRequestParser(Events(), LIMIT, 100)
+    head = parser.take_plain(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert head is not None and not head.keep_alive and head.connection_tokens == (b"close",)
+    # llhttp refuses anything after a "Connection: close" message: the shared checker
+    # must not be left that way for the next connection's request
+    assert parser.take_plain(GET) is not None
+    closing = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\nx"
+    assert _response_parser().take_plain(closing) is not None
+    assert _response_parser().take_plain(OK) is not None
 
 
 @pytest.mark.parametrize(
@@ -76,6 +96,8 @@ def test_a_usual_get_is_plain() -> None:
         b"GET / HTTP/1.1\r\nHost: a\r\nX:  1\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a\r\nX: 1 \r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a\r\nX:\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nClose: 1\r\n\r\n",  # named
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nConnection: close\r\n\r\n",
         b"CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n",
         *(
             b"GET / HTTP/1.1\r\nHost: a\r\n%s: v\r\n\r\n" % name
@@ -110,6 +132,7 @@ def test_limits_make_a_request_not_plain() -> None:
 def test_a_usual_response_is_plain_without_its_connection_line() -> None:
     assert plain_response(OK, LIMIT, 100) == (
         b"OK",
+        b"Server: x\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nConnection: keep-alive\r\n",
         b"Server: x\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n",
         True,
         b"hello",
@@ -117,10 +140,13 @@ def test_a_usual_response_is_plain_without_its_connection_line() -> None:
     first = b"HTTP/1.1 404 Not Found\r\nconnection: close\r\nContent-Length: 0\r\n\r\n"
     assert plain_response(first, LIMIT, 100) == (
         b"Not Found",
+        b"connection: close\r\nContent-Length: 0\r\n",
         b"Content-Length: 0\r\n",
         False,
         b"",
     )
+    only = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"  # (close-delimited: not taken)
+    assert plain_response(only, LIMIT, 100) == (b"OK", b"Connection: close\r\n", b"", False, b"")
     taken = _response_parser().take_plain(first)
     assert taken is not None
     assert (taken[0].status, taken[0].keep_alive, taken[0].content_length) == (404, False, 0)
@@ -172,7 +198,8 @@ def _same(a: RequestHead | ResponseHead, b: RequestHead | ResponseHead) -> None:
 # odd whitespace, fields repeated, now and then a framing field or a bad byte.
 _NAMES = st.sampled_from(
     [b"Host", b"host", b"HOST", b"Accept", b"X-Id", b"x-id", b"Cookie", b"Via", b"User-Agent",
-     b"Connection", b"Content-Length", b"Transfer-Encoding", b"Expect", b"TE", b"Upgrade",
+     b"Close", b"Connection", b"Content-Length", b"Transfer-Encoding", b"Expect", b"TE",
+     b"Upgrade",
      b"X-Forwarded-For", b"Forwarded", b"Keep-Alive", b"Server", b"Date", b"Set-Cookie"]
 )  # fmt: skip
 _VALUES = st.sampled_from(

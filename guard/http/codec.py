@@ -29,36 +29,43 @@ def headers_of_lines(lines: bytes) -> Headers:
 
 
 class _Head:
-    """What request and response heads share: the header list, built from the raw lines
-    only when asked for, and the names as received."""
+    """What request and response heads share: the header list, built from the received
+    lines only when asked for, and the names as received.
 
-    __slots__ = ("_headers", "names", "raw")
+    A *plain* head (guard.http.plain) keeps its header lines as received (``received``,
+    each ending in CRLF, the empty line excluded) and the ones to forward (``raw``: the
+    same but for a ``Connection: keep-alive``/``close`` line); the forwarder sends
+    ``raw`` as it is. Any other head has neither, and a list edited after parsing loses
+    them."""
+
+    __slots__ = ("_headers", "names", "raw", "received")
 
     _headers: Headers | None
     names: list[bytes] | None
     raw: bytes | None
+    received: bytes | None
 
     @property
     def headers(self) -> Headers:
         headers = self._headers
         if headers is None:
-            headers = self._headers = headers_of_lines(self.raw or b"")
+            headers = self._headers = headers_of_lines(self.received or b"")
         return headers
 
     @headers.setter
     def headers(self, headers: Headers) -> None:
         # An edited header list is no longer what arrived: it is serialized from the list.
         self._headers = headers
-        self.raw = None
+        self.raw = self.received = None
         self.names = None
 
     def names_as_received(self) -> list[bytes]:
         """The header names as received (lowercase where that is all that is known)."""
         names = self.names
         if names is None:
-            raw = self.raw
-            if raw is not None:
-                names = self.names = [n for n, _ in _HEADER_LINE.findall(raw)]
+            received = self.received
+            if received is not None:
+                names = self.names = [n for n, _ in _HEADER_LINE.findall(received)]
             else:
                 names = [n for n, _ in self.headers]
         return names
@@ -86,18 +93,17 @@ class RequestHead(_Head):
         headers: Headers | None,
         raw: bytes | None = None,
         names: list[bytes] | None = None,
+        received: bytes | None = None,
     ) -> None:
         self.method = method
         self.target = target
         self.version = version  # b"1.1" or b"1.0"
-        self._headers = headers  # lowercase names, in received order; None: from raw
+        self._headers = headers  # lowercase names, in received order; None: from received
         # The names as received, one per header (they are forwarded so: a backend that
         # minds case sees the client's), or None: forwarded lowercase.
         self.names = names
-        # The header lines as received (each ending in CRLF, the empty line excluded), kept
-        # only for a *plain* head: one whose every header goes to the next hop unchanged
-        # (see plain_request). The forwarder then sends them as they are.
-        self.raw = raw
+        self.raw = raw  # (see _Head)
+        self.received = raw if received is None else received
         self.host = b""
         self.keep_alive = True
         self.chunked = False
@@ -152,14 +158,14 @@ class ResponseHead(_Head):
         headers: Headers | None,
         raw: bytes | None = None,
         names: list[bytes] | None = None,
+        received: bytes | None = None,
     ) -> None:
         self.status = status
         self.reason = reason
         self.version = version
         self._headers = headers
-        # As RequestHead.raw: the header lines as received, minus any Connection line,
-        # kept only when nothing else in them is hop-by-hop (see plain_response).
-        self.raw = raw
+        self.raw = raw  # (see _Head)
+        self.received = raw if received is None else received
         self.names = names  # as RequestHead.names
         self.keep_alive = True
         self.chunked = False

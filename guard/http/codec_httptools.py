@@ -55,17 +55,23 @@ class _Checker:
     def on_message_complete(self) -> None:
         self.complete = True
 
-    def request_ok(self, data: bytes) -> bool:
+    def request_ok(self, data: bytes, closing: bool) -> bool:
         """``data`` is one whole valid request (the caller made sure it holds one head)."""
         self.complete = False
+        parser = self.request
         try:
-            self.request.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserError:
             self.request = httptools.HttpRequestParser(self)
             return False
+        if closing:
+            # After "Connection: close" llhttp refuses whatever follows: a fresh one for
+            # the next connection's request. (llhttp's should_keep_alive() cannot say:
+            # it is reset once the message is complete.)
+            self.request = httptools.HttpRequestParser(self)
         return self.complete
 
-    def response_ok(self, data: bytes) -> int:
+    def response_ok(self, data: bytes, closing: bool) -> int:
         """The status when ``data`` is exactly one whole valid response with a body
         (status 200-599 but 204 and 304), else 0."""
         self.complete = False
@@ -76,11 +82,13 @@ class _Checker:
         except httptools.HttpParserError:
             self.response = httptools.HttpResponseParser(self)
             return 0
-        if not self.complete or self.begun != 1:
+        if not self.complete or self.begun != 1 or closing:
             # A part of the body missing, or more after it: left mid-message, llhttp
-            # would read the next response as its continuation.
+            # would read the next response as its continuation. (And after "Connection:
+            # close" it refuses what follows.)
             self.response = httptools.HttpResponseParser(self)
-            return 0
+            if not self.complete or self.begun != 1:
+                return 0
         status: int = parser.get_status_code()
         return status if status >= 200 and status != 204 and status != 304 else 0
 
@@ -171,11 +179,16 @@ class HttptoolsRequestParser:
         if not self._in_head or self._head_bytes or self.upgraded_tail is not None:
             return None
         plain = plain_request(data, self._max_header_bytes, self._max_headers)
-        if plain is None or not _CHECKER.request_ok(data):
+        if plain is None or not _CHECKER.request_ok(data, plain[5] == b"close"):
             return None
-        method, target, host, lines = plain
-        head = RequestHead(method, target, b"1.1", None, lines)
+        method, target, host, lines, forward, connection = plain
+        if forward is None:
+            forward = lines
+        head = RequestHead(method, target, b"1.1", None, forward, None, lines)
         head.host = host
+        if connection is not None:
+            head.connection_tokens = (connection,)
+            head.keep_alive = connection != b"close"
         return head
 
     def feed(self, data: bytes) -> None:
@@ -344,11 +357,13 @@ class HttptoolsResponseParser:
         plain = plain_response(data, self._max_header_bytes, self._max_headers)
         if plain is None:
             return None
-        status = _CHECKER.response_ok(data)
+        status = _CHECKER.response_ok(data, not plain[3])
         if not status:
             return None
-        reason, lines, keep_alive, body = plain
-        head = ResponseHead(status, reason, b"1.1", None, lines)
+        reason, lines, forward, keep_alive, body = plain
+        if forward is None:
+            forward = lines
+        head = ResponseHead(status, reason, b"1.1", None, forward, None, lines)
         head.content_length = len(body)
         head.keep_alive = keep_alive
         self._head = head

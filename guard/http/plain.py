@@ -23,7 +23,7 @@ _REQUEST_LINE = re.compile(rb"([A-Z-]+) (/[^ #\r\n]*) HTTP/1\.1\r\n")
 # general path's). A name holds no colon, so the first colon of a line ends it. Trailing
 # whitespace, the other way a line can differ, is looked for with bytes.find.
 _NOT_PLAIN_REQUEST = re.compile(
-    rb"\r\n(?:(?:connection|keep-alive|proxy-connection|te|trailer|upgrade|transfer-encoding"
+    rb"\r\n(?:(?:keep-alive|proxy-connection|te|trailer|upgrade|transfer-encoding"
     rb"|content-length|expect|x-forwarded-for|x-forwarded-proto|x-forwarded-host|forwarded):"
     rb"|[^:\r\n]*:(?! [^ \t\r]))"
 )
@@ -51,14 +51,38 @@ def _valid_host(host: bytes) -> bool:
     return ok
 
 
+def _without_connection(
+    data: bytes, low: bytes, start: int, end: int
+) -> tuple[bytes | None, bytes | None] | None:
+    """The header lines ``data[start:end]`` minus a ``Connection: keep-alive`` or ``close``
+    line, and that token; (None, None) without one. None when there are several
+    Connection lines, another token (it names fields to drop) or a field called ``close``
+    (which ``Connection: close`` names: the general path drops it)."""
+    i = low.find(b"\r\nconnection:", start - 2, end)
+    if i < 0:
+        return None, None
+    if low.find(b"\r\nconnection:", i + 13, end) >= 0:
+        return None
+    j = low.find(b"\r", i + 13)
+    token = low[i + 13 : j].strip(_WS)
+    if token == b"close":
+        if low.find(b"\r\nclose:", start - 2, end) >= 0:
+            return None
+    elif token != b"keep-alive":
+        return None
+    return data[start : i + 2] + data[j + 2 : end], token  # the lines around it
+
+
 def plain_request(
     data: bytes, max_header_bytes: int, max_headers: int
-) -> tuple[bytes, bytes, bytes, bytes] | None:
-    """(method, target, host, header lines) when ``data`` is exactly one plain request.
+) -> tuple[bytes, bytes, bytes, bytes, bytes | None, bytes | None] | None:
+    """(method, target, host, header lines, the lines to forward if others, Connection
+    token) when ``data`` is exactly one plain request.
 
     Plain: the whole head and nothing else (so no body and nothing pipelined after it),
     HTTP/1.1, an origin-form target without a fragment, exactly one Host, valid as a
-    host, no field the proxy acts on, within the limits.
+    host, no field the proxy acts on but one ``Connection: keep-alive`` or ``close``
+    (whose line is left out of the returned header lines), within the limits.
     """
     n = len(data)
     if n > max_header_bytes or data.find(b"\r\n\r\n") != n - 4:
@@ -84,13 +108,18 @@ def plain_request(
         return None
     if n > 4 * max_headers and data.count(b"\r\n") - 2 > max_headers:
         return None  # (a header line takes 4 bytes at least: "a:\r\n")
-    return method, line.group(2), host, data[line.end() : n - 2]
+    start = line.end()
+    cut = _without_connection(data, low, start, n - 2)
+    if cut is None:
+        return None
+    return method, line.group(2), host, data[start : n - 2], cut[0], cut[1]
 
 
 def plain_response(
     data: bytes, max_header_bytes: int, max_headers: int
-) -> tuple[bytes, bytes, bool, bytes] | None:
-    """(reason, header lines, keep-alive, body) when the head in ``data`` is plain and
+) -> tuple[bytes, bytes, bytes | None, bool, bytes] | None:
+    """(reason, header lines, the lines to forward if others, keep-alive, body) when the
+    head in ``data`` is plain and
     ``data`` may be exactly one response: the caller has llhttp confirm that it is (one
     whole message, nothing after it, of a status with a body) and give the status.
 
@@ -112,18 +141,7 @@ def plain_response(
     if end > 4 * max_headers and low.count(b"\r\n") - 1 > max_headers:
         return None
     start = low.find(b"\r\n") + 2  # the first header line
-    keep_alive = True
-    i = low.find(b"\r\nconnection:")
-    if i >= 0:
-        if low.find(b"\r\nconnection:", i + 13) >= 0:
-            return None
-        j = low.find(b"\r", i + 13)
-        token = low[i + 13 : j].strip(_WS)
-        if token == b"close":
-            keep_alive = False
-        elif token != b"keep-alive":
-            return None  # names other fields (hop-by-hop too): the general path
-        lines = data[start : i + 2] + data[j + 2 : end]  # the lines around it
-    else:
-        lines = data[start:end]
-    return data[13 : start - 2], lines, keep_alive, data[end + 2 :]
+    cut = _without_connection(data, low, start, end)
+    if cut is None:
+        return None
+    return data[13 : start - 2], data[start:end], cut[0], cut[1] != b"close", data[end + 2 :]
