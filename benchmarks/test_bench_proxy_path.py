@@ -5,6 +5,10 @@ forwarder and both httptools parsers, against transports that only count writes.
 left is exactly the per-request Python work Guard adds on top of the syscalls, the number
 to watch when changing the hot path (the load harness measures the whole thing).
 
+Two exchanges: ``plain`` (wrk's GET and nginx's answer: both take the plain shortcut,
+guard.http.plain) and ``general`` (a client X-Forwarded-For and Apache's Keep-Alive
+response field: both parsed header by header).
+
     python -m pytest benchmarks/test_bench_proxy_path.py --benchmark-only
 """
 
@@ -34,6 +38,11 @@ RESPONSE = (
     b"Content-Type: text/plain\r\nContent-Length: 12\r\nConnection: keep-alive\r\n\r\n"
     b"hello world\n"
 )
+GENERAL_REQUEST = REQUEST.replace(b"Accept: */*", b"Accept: */*\r\nX-Forwarded-For: 10.1.2.3")
+GENERAL_RESPONSE = RESPONSE.replace(
+    b"Connection: keep-alive", b"Keep-Alive: timeout=5, max=100\r\nConnection: Keep-Alive"
+)
+EXCHANGES = {"plain": (REQUEST, RESPONSE), "general": (GENERAL_REQUEST, GENERAL_RESPONSE)}
 
 
 class CountingTransport:
@@ -74,7 +83,11 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
     loop.close()
 
 
-def test_proxied_request_python_cost(benchmark, loop: asyncio.AbstractEventLoop) -> None:
+@pytest.mark.parametrize("exchange", list(EXCHANGES))
+def test_proxied_request_python_cost(
+    benchmark, loop: asyncio.AbstractEventLoop, exchange: str
+) -> None:
+    request, response = EXCHANGES[exchange]
     sweeper = DeadlineSweeper(loop, 0.5)
     settings = UpstreamSettings("httptools", 65536, 256, 5.0, 60.0)
     service = Service(
@@ -106,10 +119,10 @@ def test_proxied_request_python_cost(benchmark, loop: asyncio.AbstractEventLoop)
     pool.release(upstream)
 
     def one_request() -> None:
-        client.data_received(REQUEST)
+        client.data_received(request)
         conn = client._upstream
         assert conn is upstream
-        conn.data_received(RESPONSE)
+        conn.data_received(response)
 
     benchmark(one_request)
     # One write each way per request: the head and body were coalesced.

@@ -13,7 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from guard.http.codec import RequestHead, ResponseHead
-from guard.http.codec_httptools import HttptoolsRequestParser, HttptoolsResponseParser
+from guard.http.codec_httptools import (
+    _PLAIN_BACKOFF,
+    HttptoolsRequestParser,
+    HttptoolsResponseParser,
+)
 from guard.http.forwarding import RequestForwarder, response_head_bytes
 from guard.http.plain import plain_request, plain_response
 
@@ -309,3 +313,20 @@ def test_a_request_mid_head_is_not_taken() -> None:
     parser = HttptoolsRequestParser(events, LIMIT, 100)
     parser.feed(GET[:10])
     assert parser.take_plain(GET) is None  # the parser holds the start of another head
+
+
+def test_after_a_miss_a_connection_skips_the_shortcut_for_a_while() -> None:
+    # A client that sends a field the proxy acts on tends to send it every time: its
+    # connection stops paying for the scan, then tries again.
+    parser = HttptoolsRequestParser(Events(), LIMIT, 100)
+    general = GET.replace(b"Accept: */*", b"X-Forwarded-For: 10.0.0.1")
+    assert parser.take_plain(general) is None
+    skipped = [parser.take_plain(GET) for _ in range(_PLAIN_BACKOFF)]
+    assert skipped == [None] * _PLAIN_BACKOFF
+    assert parser.take_plain(GET) is not None
+    response = _response_parser()
+    assert response.take_plain(OK.replace(b"Server: x", b"Keep-Alive: 5")) is None
+    for _ in range(_PLAIN_BACKOFF):
+        response.start(b"GET")
+        assert response.take_plain(OK) is None
+    assert response.take_plain(OK) is not None

@@ -95,6 +95,12 @@ class _Checker:
 
 _CHECKER = _Checker()
 
+# After a message that is not plain, this many of the connection's next messages go
+# straight to the general path: a client or backend that sends a field the proxy acts on
+# (X-Forwarded-For, Keep-Alive, chunked bodies...) tends to send it every time, and each
+# failed attempt costs a scan of the head. Then the next one is tried again.
+_PLAIN_BACKOFF = 16
+
 
 class HttptoolsRequestParser:
     __slots__ = (
@@ -107,6 +113,7 @@ class HttptoolsRequestParser:
         "_mid",
         "_names",
         "_parser",
+        "_skip_plain",
         "_url",
         "upgraded_tail",
     )
@@ -115,6 +122,7 @@ class HttptoolsRequestParser:
         self._events = events
         self._max_header_bytes = max_header_bytes
         self._max_headers = max_headers
+        self._skip_plain = 0  # plain attempts left out after a miss (see _PLAIN_BACKOFF)
         self._parser = httptools.HttpRequestParser(self)
         self._headers: Headers = []
         self._names: list[bytes] = []
@@ -176,10 +184,14 @@ class HttptoolsRequestParser:
         """The head, when ``data`` is one whole plain request (guard.http.plain) and the
         parser waits for a new one; the caller then treats it as complete. Else None, and
         nothing was consumed: the caller feeds ``data`` as usual."""
+        if self._skip_plain:
+            self._skip_plain -= 1
+            return None
         if not self._in_head or self._head_bytes or self.upgraded_tail is not None:
             return None
         plain = plain_request(data, self._max_header_bytes, self._max_headers)
         if plain is None or not _CHECKER.request_ok(data, plain[5] == b"close"):
+            self._skip_plain = _PLAIN_BACKOFF
             return None
         method, target, host, lines, forward, connection = plain
         if forward is None:
@@ -259,6 +271,7 @@ class HttptoolsResponseParser:
         "_names",
         "_parser",
         "_reason",
+        "_skip_plain",
         "_started",
         "garbage",
         "upgraded_tail",
@@ -268,6 +281,7 @@ class HttptoolsResponseParser:
         self._events = events
         self._max_header_bytes = max_header_bytes
         self._max_headers = max_headers
+        self._skip_plain = 0  # plain attempts left out after a miss (see _PLAIN_BACKOFF)
         self._parser = httptools.HttpResponseParser(self)
         self._method = b"GET"
         self._headers: Headers = []
@@ -352,13 +366,18 @@ class HttptoolsResponseParser:
         """(head, body) when ``data`` is the whole response, and a plain one (see
         guard.http.plain); the caller then treats it as complete. Else None, and nothing
         was consumed: the caller feeds ``data`` as usual."""
+        if self._skip_plain:
+            self._skip_plain -= 1
+            return None
         if self._started or self._done or self._method == b"HEAD":
             return None
         plain = plain_response(data, self._max_header_bytes, self._max_headers)
         if plain is None:
+            self._skip_plain = _PLAIN_BACKOFF
             return None
         status = _CHECKER.response_ok(data, not plain[3])
         if not status:
+            self._skip_plain = _PLAIN_BACKOFF
             return None
         reason, lines, forward, keep_alive, body = plain
         if forward is None:

@@ -292,14 +292,12 @@ def informational_bytes(head: ResponseHead) -> bytes:
 
 def _header_lines(head: RequestHead | ResponseHead, drop: frozenset[bytes]) -> list[bytes]:
     """The header lines of a parsed head, minus ``drop``, with the names as received."""
+    headers = head.headers
     names = head.names
-    if names is None:
-        return [b"%s: %s\r\n" % h for h in head.headers if h[0] not in drop]
-    return [
-        b"%s: %s\r\n" % (n, h[1])
-        for h, n in zip(head.headers, names, strict=True)
-        if h[0] not in drop
-    ]
+    if names is None or len(names) != len(headers):  # (unknown, or a list edited alone)
+        return [b"%s: %s\r\n" % h for h in headers if h[0] not in drop]
+    pairs = zip(headers, names, strict=False)  # (same length: checked just above)
+    return [b"%s: %s\r\n" % (n, v) for (k, v), n in pairs if k not in drop]
 
 
 def error_response_bytes(
