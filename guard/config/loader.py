@@ -179,8 +179,13 @@ def _fast_fields(
 
 
 def _fast_schema(schema: Mapping[str, Parser]) -> dict[str, Callable[..., Any]] | None:
-    fast = {key: _FAST.get(parser) for key, parser in schema.items()}
-    return None if None in fast.values() else fast  # type: ignore[misc]
+    fast: dict[str, Callable[..., Any]] = {}
+    for key, parser in schema.items():
+        found = _FAST.get(parser)
+        if found is None:
+            return None
+        fast[key] = found
+    return fast
 
 
 def _key(path: str, name: str) -> str:
@@ -295,13 +300,15 @@ def _list_of(item: Parser, *, nonempty: bool = False) -> Parser:
         parsed = [item(ctx, v, f"{path}[{i}]") for i, v in enumerate(raw)]
         return tuple(v for v in parsed if v is not INVALID)
 
-    def fast(raw: Any) -> Any:
-        if not isinstance(raw, list) or (nonempty and not raw):
-            raise _Slow
-        return tuple([fast_item(v) for v in raw])
-
     fast_item = _FAST.get(item)
     if fast_item is not None:
+        each: Callable[..., Any] = fast_item
+
+        def fast(raw: Any) -> Any:
+            if not isinstance(raw, list) or (nonempty and not raw):
+                raise _Slow
+            return tuple([each(v) for v in raw])
+
         _FAST[parse] = fast
     return parse
 
@@ -1274,6 +1281,7 @@ _ROUTES_OF: dict[str, dict[bytes, tuple[dict[str, Any], RouteConfig]]] = {}
 
 def _add_route_fast(table: _RouteTable, file: _RouteFile, index: int, raw: Any) -> bool:
     """_add_route for a route without problems; False (nothing recorded) otherwise."""
+    assert _ROUTE_FAST is not None  # (the caller checks)
     try:
         key: bytes | None = marshal.dumps(raw, 2)
     except ValueError:

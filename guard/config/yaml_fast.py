@@ -454,7 +454,8 @@ def _block(text: str) -> Any:
     # the dict or list. A sentinel at indent -1 ends every pop loop.
     indents: list[int] = [-1]
     objects: list[Any] = [None]
-    top_indent, top = -1, None
+    top_indent = -1
+    top: Any = None
     # A "key:" or "-" with nothing after it: its value starts on a later line, or is null.
     pending = False
     p_obj: Any = None

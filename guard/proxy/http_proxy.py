@@ -852,6 +852,7 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         self.on_response_complete()
 
     def _on_switching(self, req: _Request, head: ResponseHead) -> None:
+        error: str | None
         if req.head.upgrade is None:
             error = "unexpected protocol switch"
         else:
