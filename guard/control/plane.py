@@ -247,10 +247,7 @@ class ControlPlane:
         return ctl
 
     async def _reap(self, driver: Driver) -> None:
-        reap = getattr(driver, "reap_orphans", None)
-        if reap is None:
-            return
-        reaped = await reap()
+        reaped = await driver.reap_orphans()
         if reaped:
             log.warning("removed %d containers left by an earlier Guard", len(reaped))
 

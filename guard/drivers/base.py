@@ -205,6 +205,12 @@ class Driver(abc.ABC):
         it until it is gone: one read, so no line is lost or repeated between the two."""
         raise DriverError(f"the {self.name} driver keeps no logs")
 
+    async def reap_orphans(self) -> list[str]:
+        """Remove the instances an earlier Guard left running that nobody adopted, and say
+        which. Nothing to do for a driver whose instances cannot outlive Guard (the
+        process driver's die with it)."""
+        return []
+
     def release(self, handle: InstanceHandle) -> None:
         """Let go of a running instance without stopping it: another Guard adopted it.
         From now on this driver neither stops, removes, meters nor reports it."""
