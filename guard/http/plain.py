@@ -104,11 +104,13 @@ def plain_request(
     if i < 0 or low.find(b"\r\nhost:", i + 7) >= 0:
         return None  # none, or several
     host = data[i + 7 : data.find(b"\r", i + 7)].strip(_WS)
-    if not _valid_host(host):
+    if not (_VALID_HOSTS.get(host) or _valid_host(host)):
         return None
     if n > 4 * max_headers and data.count(b"\r\n") - 2 > max_headers:
         return None  # (a header line takes 4 bytes at least: "a:\r\n")
     start = line.end()
+    if low.find(b"\r\nconnection:", start - 2) < 0:  # (the usual case, without a call)
+        return method, line.group(2), host, data[start : n - 2], None, None
     cut = _without_connection(data, low, start, n - 2)
     if cut is None:
         return None
