@@ -208,7 +208,8 @@ _NAMES = st.sampled_from(
 )  # fmt: skip
 _VALUES = st.sampled_from(
     [b"a.test", b"a.test:80", b"1", b"close", b"keep-alive", b"chunked", b"100-continue",
-     b" x", b"x ", b"", b"a  b", b"\tz", b"caf\xc3\xa9", b"a\x01b", b"[::1]:8", b"a,b", b"5"]
+     b" x", b"x ", b"", b"a  b", b"\tz", b"caf\xc3\xa9", b"a\x01b", b"a\nb", b"a\rb",
+     b"a\r\n b", b"\x00", b"\x7f", b"[::1]:8", b"a,b", b"5"]
 )  # fmt: skip
 _LINES = st.lists(st.tuples(_NAMES, st.sampled_from([b": ", b":", b":  "]), _VALUES), max_size=8)
 
