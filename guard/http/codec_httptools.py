@@ -64,10 +64,10 @@ class _Checker:
         except httptools.HttpParserError:
             self.request = httptools.HttpRequestParser(self)
             return False
-        if closing:
+        if closing or not self.complete:
             # After "Connection: close" llhttp refuses whatever follows: a fresh one for
             # the next connection's request. (llhttp's should_keep_alive() cannot say:
-            # it is reset once the message is complete.)
+            # it is reset once the message is complete.) Nor may one be left mid-message.
             self.request = httptools.HttpRequestParser(self)
         return self.complete
 
