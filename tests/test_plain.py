@@ -331,3 +331,18 @@ def test_after_a_miss_a_connection_skips_the_shortcut_for_a_while() -> None:
         response.start(b"GET")
         assert response.take_plain(OK) is None
     assert response.take_plain(OK) is not None
+
+
+def test_only_message_starts_count_against_the_skip() -> None:
+    parser = HttptoolsRequestParser(Events(), LIMIT, 100)
+    assert parser.take_plain(GET[:20]) is None  # the start of a head: no sign of anything
+    assert parser.take_plain(GET) is not None
+    response = _response_parser()
+    assert response.take_plain(OK.replace(b"Server: x", b"Keep-Alive: 5")) is None
+    response.start(b"HEAD")
+    for _ in range(2 * _PLAIN_BACKOFF):  # HEAD responses are never plain: not counted
+        assert response.take_plain(OK) is None
+    for _ in range(_PLAIN_BACKOFF):
+        response.start(b"GET")
+        assert response.take_plain(OK) is None
+    assert response.take_plain(OK) is not None

@@ -184,14 +184,15 @@ class HttptoolsRequestParser:
         """The head, when ``data`` is one whole plain request (guard.http.plain) and the
         parser waits for a new one; the caller then treats it as complete. Else None, and
         nothing was consumed: the caller feeds ``data`` as usual."""
+        if not self._in_head or self._head_bytes or self.upgraded_tail is not None:
+            return None
         if self._skip_plain:
             self._skip_plain -= 1
             return None
-        if not self._in_head or self._head_bytes or self.upgraded_tail is not None:
-            return None
         plain = plain_request(data, self._max_header_bytes, self._max_headers)
         if plain is None or not _CHECKER.request_ok(data, plain[5] == b"close"):
-            self._skip_plain = _PLAIN_BACKOFF
+            if data[-4:] == b"\r\n\r\n":  # (a head cut across reads is no sign)
+                self._skip_plain = _PLAIN_BACKOFF
             return None
         method, target, host, lines, forward, connection = plain
         if forward is None:
@@ -366,10 +367,10 @@ class HttptoolsResponseParser:
         """(head, body) when ``data`` is the whole response, and a plain one (see
         guard.http.plain); the caller then treats it as complete. Else None, and nothing
         was consumed: the caller feeds ``data`` as usual."""
+        if self._started or self._done or self._method == b"HEAD":
+            return None
         if self._skip_plain:
             self._skip_plain -= 1
-            return None
-        if self._started or self._done or self._method == b"HEAD":
             return None
         plain = plain_response(data, self._max_header_bytes, self._max_headers)
         if plain is None:
