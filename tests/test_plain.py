@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from guard.http import plain
 from guard.http.codec import RequestHead, ResponseHead
 from guard.http.codec_httptools import (
     _PLAIN_BACKOFF,
@@ -131,6 +132,47 @@ def test_limits_make_a_request_not_plain() -> None:
     assert plain_request(GET, len(GET) - 1, 100) is None
     assert plain_request(GET, LIMIT, 2) is None
     assert plain_request(GET, LIMIT, 3) is not None
+
+
+def test_a_known_header_block_is_looked_up_not_scanned(monkeypatch) -> None:
+    # The verdict on a header block is kept (a client sends the same one every time);
+    # the request line is matched afresh and the limits are checked on every request.
+    monkeypatch.setattr(plain, "_BLOCKS", {})
+    first = plain_request(GET, LIMIT, 100)
+    assert first is not None and len(plain._BLOCKS) == 1
+
+    def scanned(block: bytes) -> None:
+        raise AssertionError("a known block was scanned again")
+
+    monkeypatch.setattr(plain, "_plain_block", scanned)
+    again = GET.replace(b"GET /a?b=1 ", b"DELETE /other ")
+    assert plain_request(again, LIMIT, 100) == (b"DELETE", b"/other", *first[2:])
+    assert plain_request(GET, LIMIT, 2) is None  # 3 lines: over max_headers
+    assert plain_request(GET, len(GET) - 1, 100) is None
+    assert plain_request(GET.replace(b"GET /a", b"GET a"), LIMIT, 100) is None
+    assert plain_request(GET.replace(b"GET", b"CONNECT"), LIMIT, 100) is None
+    assert plain_request(GET.replace(b"HTTP/1.1", b"HTTP/1.0"), LIMIT, 100) is None
+    assert plain_request(GET + b"GET", LIMIT, 100) is None
+
+
+def test_blocks_that_are_not_plain_or_large_are_not_kept(monkeypatch) -> None:
+    monkeypatch.setattr(plain, "_BLOCKS", {})
+    forwarded = GET.replace(b"Accept", b"X-Forwarded-For: 10.0.0.1\r\nAccept")
+    assert plain_request(forwarded, LIMIT, 100) is None
+    assert plain_request(forwarded, LIMIT, 100) is None
+    big = GET.replace(b"Accept: */*", b"Cookie: " + b"c" * 3000)
+    assert plain_request(big, LIMIT, 100) is not None
+    assert plain._BLOCKS == {}
+
+
+def test_the_block_cache_is_bounded(monkeypatch) -> None:
+    monkeypatch.setattr(plain, "_BLOCKS", {})
+    monkeypatch.setattr(plain, "_BLOCKS_MAX", 3)
+    for i in range(10):
+        request = GET.replace(b"curl", b"curl/%d" % i)
+        assert plain_request(request, LIMIT, 100) is not None
+        assert 1 <= len(plain._BLOCKS) <= 3
+    assert plain_request(GET.replace(b"curl", b"curl/9"), LIMIT, 100) is not None
 
 
 def test_a_usual_response_is_plain_without_its_connection_line() -> None:

@@ -73,6 +73,20 @@ def _without_connection(
     return data[start : i + 2] + data[j + 2 : end], token  # the lines around it
 
 
+# Header blocks already found plain (the CRLF that ends the request line, the header
+# lines, the blank line), with what was learned from them: the Host, the lines, the lines
+# to forward, the Connection token, the number of lines. A client sends the same block on
+# every request of a connection, and clients of one kind send the same blocks (the
+# repetition HTTP/2's HPACK is built on), so most requests cost a dict lookup here instead
+# of the scans. The verdict depends on the bytes alone (the limits are checked outside),
+# and the request line is still matched and llhttp still checks every message. Bounded in
+# entries and in the size of a block kept.
+_Block = tuple[bytes, bytes, bytes | None, bytes | None, int]
+_BLOCKS: dict[bytes, _Block] = {}
+_BLOCKS_MAX = 1024
+_BLOCK_MAX_BYTES = 2048
+
+
 def plain_request(
     data: bytes, max_header_bytes: int, max_headers: int
 ) -> tuple[bytes, bytes, bytes, bytes, bytes | None, bytes | None] | None:
@@ -90,31 +104,49 @@ def plain_request(
     line = _REQUEST_LINE.match(data)
     if line is None:
         return None
-    low = data.lower()
-    if (
-        _NOT_PLAIN_REQUEST.search(low) is not None
-        or data.find(b" \r\n") >= 0
-        or data.find(b"\t\r\n") >= 0
-    ):
-        return None
     method = line.group(1)
     if method not in _PLAIN_METHODS:
+        return None
+    block = data[line.end() - 2 :]
+    known = _BLOCKS.get(block)
+    if known is None:
+        known = _plain_block(block)
+        if known is None:
+            return None
+        if len(block) <= _BLOCK_MAX_BYTES:
+            if len(_BLOCKS) >= _BLOCKS_MAX:
+                _BLOCKS.clear()
+            _BLOCKS[block] = known
+    host, lines, forward, token, count = known
+    if count > max_headers:
+        return None
+    return method, line.group(2), host, lines, forward, token
+
+
+def _plain_block(block: bytes) -> _Block | None:
+    """What plain_request needs of a request's header block (``\r\n`` + the header lines
+    + ``\r\n``), or None when the block is not plain."""
+    low = block.lower()
+    if (
+        _NOT_PLAIN_REQUEST.search(low) is not None
+        or block.find(b" \r\n") >= 0
+        or block.find(b"\t\r\n") >= 0
+    ):
         return None
     i = low.find(b"\r\nhost:")
     if i < 0 or low.find(b"\r\nhost:", i + 7) >= 0:
         return None  # none, or several
-    host = data[i + 7 : data.find(b"\r", i + 7)].strip(_WS)
+    host = block[i + 7 : block.find(b"\r", i + 7)].strip(_WS)
     if not (_VALID_HOSTS.get(host) or _valid_host(host)):
         return None
-    if n > 4 * max_headers and data.count(b"\r\n") - 2 > max_headers:
-        return None  # (a header line takes 4 bytes at least: "a:\r\n")
-    start = line.end()
-    if low.find(b"\r\nconnection:", start - 2) < 0:  # (the usual case, without a call)
-        return method, line.group(2), host, data[start : n - 2], None, None
-    cut = _without_connection(data, low, start, n - 2)
+    end = len(block) - 2
+    count = block.count(b"\r\n") - 2
+    if low.find(b"\r\nconnection:") < 0:  # (the usual case, without a call)
+        return host, block[2:end], None, None, count
+    cut = _without_connection(block, low, 2, end)
     if cut is None:
         return None
-    return method, line.group(2), host, data[start : n - 2], cut[0], cut[1]
+    return host, block[2:end], cut[0], cut[1], count
 
 
 def plain_response(

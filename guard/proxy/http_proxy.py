@@ -13,6 +13,7 @@ import asyncio
 import socket
 import time
 from collections import deque
+from typing import TYPE_CHECKING, Any
 
 from guard.errors import (
     BadRequest,
@@ -52,6 +53,9 @@ from guard.proxy.writes import CORK, BufferedWriter
 from guard.upstream.container_service import ContainerService, Hold
 from guard.upstream.pool import UpstreamConnection, UpstreamPool
 from guard.upstream.service import Service
+
+if TYPE_CHECKING:
+    from guard.routing.table import RouteMatchResult
 
 # Read-pause reasons: reading resumes only when none is left.
 _PAUSE_PIPELINE = 1  # a complete request waits for the active one's response
@@ -259,11 +263,10 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         if self._active is None and self._parsing is None and not self._closed:
             head = parser.take_plain(data)
             if head is not None:
-                # One whole plain request (the usual keep-alive GET): the same events the
-                # parser would send, without its per-header work. (Uncorked: it makes one
-                # write, the head upstream, or Guard's own answer.)
-                self.on_request_head(head)
-                self.on_request_complete()
+                # One whole plain request (the usual keep-alive GET), without the parser's
+                # per-header work. (Uncorked: it makes one write, the head upstream, or
+                # Guard's own answer.)
+                self._plain_request(head)
                 return
         while True:
             cork.depth += 1
@@ -441,6 +444,39 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         self._respond_error_and_close(err)
 
     # ---------------------------------------------------------- starting exchange
+    def _plain_request(self, head: RequestHead) -> None:
+        """A whole plain request (guard.http.plain) while no other is active: what
+        on_request_head, _activate, _dispatch, _attach and on_request_complete do, in one
+        call. A plain request has no body, Expect or Upgrade, is not CONNECT, has an
+        origin-form target and one Host, so the steps for those are left out."""
+        req = _Request(head)
+        req.complete = True
+        self._reset_exchange()
+        self._active = req
+        self._t_start = _clock()
+        ctx = self._ctx
+        self._deadline_kind = _T_RESPONSE
+        timeout = ctx.response_header_timeout
+        self.deadline = ctx.sweeper.now + timeout if timeout > 0 else NEVER
+        if self._requests_served >= ctx.max_requests - 1 or not head.keep_alive or ctx.draining:
+            self._keep_alive = False
+        target = head.target
+        path = target if (q := target.find(b"?")) < 0 else target[:q]
+        table = ctx.table
+        match = table.match(
+            head.host, path, head.method, head.headers if table.reads_headers else _NONE
+        )
+        try:
+            pool = self._route(head, match, target, path)
+        except GuardError as e:
+            self._answer_error(e)
+            return
+        if pool is None:
+            return  # held for a wake
+        self._pool = pool
+        pool.backend.in_flight += 1
+        self._connect_or_attach(pool)
+
     def _activate(self, req: _Request) -> None:
         self._reset_exchange()
         self._active = req
@@ -480,50 +516,60 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
             match = table.match(
                 head.host, path, head.method, head.headers if table.reads_headers else _NONE
             )
-            if match is None:
-                raise RouteNotFound(f"no route for {head.host.decode('latin-1')}")
-            route = match.route
-            self._route_name = route.name
-            limiters = ctx.limiters
-            if limiters:
-                limiter = limiters.get(route.name)
-                if limiter is not None:
-                    wait = limiter.check(self._client_ip, head.headers)
-                    if wait:
-                        raise RateLimited(f"rate limit of route {route.name} reached", wait)
-            if head.upgrade is not None and route.config.websocket is not None:
-                # Frame mode: Guard reads every frame, so no extension may be negotiated
-                # (it could not decode, say, permessage-deflate on the client's behalf).
-                self._ws_max = route.config.websocket.max_message
-                head.drop(b"sec-websocket-extensions")
-            service = route.target
-            self._stats = ctx.stats.get(route.name) or ctx.route_stats(route.name, service.name)
-            self._service_name = service.name
-            self._target = route.rewrite_target(target) if route.strip_prefix else target
-            headers = head.headers if service.reads_headers else _NONE
-            if service.wakeable:
-                self._container = service
-                key = service.key_of(match.key, headers)
-                pool = service.pick(headers, self._client_ip, path, key)
-                if pool is None:
-                    # No instance can take it now: wait for a wake, on the wake deadline
-                    # (never on the upstream timeouts). The body keeps arriving into
-                    # req.body until the early-body cap pauses reading.
-                    self._hold = service.hold(self, key, headers, self._client_ip, path)
-                    self._set_deadline(_T_WAKE, service.wake_timeout)
-                    return
-            else:
-                pool = service.pick(headers, self._client_ip, path)
-                if pool is None:
-                    raise NoHealthyUpstream(f"no available server for service {service.name}")
-                if service.policed:
-                    service.admit()  # circuit breaking: 503 overloaded, fast
-                    service.active += 1
-                    self._svc = service
+            pool = self._route(head, match, target, path)
         except GuardError as e:
             self._answer_error(e)
             return
-        self._dispatch(pool)
+        if pool is not None:
+            self._dispatch(pool)
+
+    def _route(
+        self, head: RequestHead, match: RouteMatchResult[Any] | None, target: bytes, path: bytes
+    ) -> UpstreamPool | None:
+        """The active request's route, service and backend: the pool to send it to, or
+        None when it is held for a wake. Raises the GuardError that answers it instead."""
+        if match is None:
+            raise RouteNotFound(f"no route for {head.host.decode('latin-1')}")
+        ctx = self._ctx
+        route = match.route
+        self._route_name = route.name
+        limiters = ctx.limiters
+        if limiters:
+            limiter = limiters.get(route.name)
+            if limiter is not None:
+                wait = limiter.check(self._client_ip, head.headers)
+                if wait:
+                    raise RateLimited(f"rate limit of route {route.name} reached", wait)
+        if head.upgrade is not None and route.config.websocket is not None:
+            # Frame mode: Guard reads every frame, so no extension may be negotiated
+            # (it could not decode, say, permessage-deflate on the client's behalf).
+            self._ws_max = route.config.websocket.max_message
+            head.drop(b"sec-websocket-extensions")
+        service = route.target
+        self._stats = ctx.stats.get(route.name) or ctx.route_stats(route.name, service.name)
+        self._service_name = service.name
+        self._target = route.rewrite_target(target) if route.strip_prefix else target
+        headers = head.headers if service.reads_headers else _NONE
+        if service.wakeable:
+            self._container = service
+            key = service.key_of(match.key, headers)
+            pool = service.pick(headers, self._client_ip, path, key)
+            if pool is None:
+                # No instance can take it now: wait for a wake, on the wake deadline
+                # (never on the upstream timeouts). The body keeps arriving into
+                # req.body until the early-body cap pauses reading.
+                self._hold = service.hold(self, key, headers, self._client_ip, path)
+                self._set_deadline(_T_WAKE, service.wake_timeout)
+                return None
+            return pool
+        pool = service.pick(headers, self._client_ip, path)
+        if pool is None:
+            raise NoHealthyUpstream(f"no available server for service {service.name}")
+        if service.policed:
+            service.admit()  # circuit breaking: 503 overloaded, fast
+            service.active += 1
+            self._svc = service
+        return pool
 
     def _check_upgrade(self, head: RequestHead) -> None:
         assert head.upgrade is not None
