@@ -463,10 +463,10 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         target = head.target
         path = target if (q := target.find(b"?")) < 0 else target[:q]
         table = ctx.table
-        match = table.match(
-            head.host, path, head.method, head.headers if table.reads_headers else _NONE
-        )
         try:
+            match = table.match(
+                head.host, path, head.method, head.headers if table.reads_headers else _NONE
+            )
             pool = self._route(head, match, target, path)
         except GuardError as e:
             self._answer_error(e)
