@@ -1,23 +1,17 @@
-"""What compiling Guard's HTTP hot path with mypyc would buy: an experiment, not a build.
+"""Guard's per-request Python work, pure and with the hot path compiled (setup.py, mypyc).
 
-Copies ``guard/`` and ``benchmarks/`` to a temporary directory, compiles the hot-path
-modules there with mypyc (``pip install mypy`` first; gcc and the Python headers are on
-these machines), and measures Guard's per-request Python work, pure and compiled, with
-the exchanges of ``test_bench_proxy_path.py``. With ``--load`` it also runs
-``load.py --only guard,relay,haproxy`` against the compiled copy.
+Copies ``guard/`` and ``setup.py`` to a temporary directory, compiles the hot path there
+the way ``GUARD_COMPILE=1 pip install .`` does (mypyc must be importable: ``pip install
+mypy``; gcc and the Python headers are on these machines), and times the exchanges of
+``test_bench_proxy_path.py`` against the sources and against the compiled copy, one after
+the other in one run. ``load.py`` measures both builds under wrk (``guard`` and
+``guard-compiled``). Nothing here changes the repository.
 
-    python benchmarks/compiled_hot_path.py [--load]
-
-The modules are typed throughout and mypy accepts them. Two others on the path were left
-out because the compiled module fails at import: ``routing/table.py`` (a Generic class)
-and ``proxy/context.py`` (dataclass fields typed by names imported only for type
-checking); ``balancing/balancers.py`` was left out with table.py, untried alone. Nothing
-here changes the repository.
+    python benchmarks/compiled_hot_path.py
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
@@ -26,20 +20,6 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-MODULES = [
-    "guard/http/plain.py",
-    "guard/http/forwarding.py",
-    "guard/http/codec.py",
-    "guard/http/codec_httptools.py",
-    "guard/proxy/http_proxy.py",
-    "guard/proxy/writes.py",
-    "guard/upstream/pool.py",
-]
-SETUP = """
-from setuptools import setup
-from mypyc.build import mypycify
-setup(name="guard-hot-path", packages=[], ext_modules=mypycify({modules!r}, opt_level="3"))
-"""
 # The exchange loop of test_bench_proxy_path.py, timed the same way as raw_head_prototype.py.
 MEASURE = """
 import asyncio, sys, time
@@ -89,32 +69,26 @@ for name, (request, response) in b.EXCHANGES.items():
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--load", action="store_true", help="also run load.py on the build")
-    args = parser.parse_args()
     try:
         import mypyc  # noqa: F401
     except ImportError:
         sys.exit("needs mypyc: pip install mypy")
     with tempfile.TemporaryDirectory(prefix="guard-mypyc-") as tmp:
         root = Path(tmp)
-        shutil.copytree(REPO / "guard", root / "guard")
+        shutil.copytree(REPO / "guard", root / "guard", ignore=shutil.ignore_patterns("*.so"))
         shutil.copytree(REPO / "benchmarks", root / "benchmarks")
+        shutil.copy2(REPO / "setup.py", root / "setup.py")
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         subprocess.run([sys.executable, "-c", MEASURE], cwd=REPO, env=env, check=True)
-        (root / "setup.py").write_text(SETUP.format(modules=MODULES))
         subprocess.run(
-            [sys.executable, "setup.py", "build_ext", "--inplace"],
+            [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
             cwd=root,
+            env={**os.environ, "GUARD_COMPILE": "1"},
             check=True,
             stdout=subprocess.DEVNULL,
         )
         env = {**os.environ, "PYTHONPATH": str(root)}
         subprocess.run([sys.executable, "-c", MEASURE], cwd=root, env=env, check=True)
-        if args.load:
-            load = [sys.executable, "benchmarks/load.py", "--duration", "6"]
-            load += ["--only", "guard,relay,haproxy", "--results", str(root / "results.md")]
-            subprocess.run(load, cwd=root, env=env, check=True)
 
 
 if __name__ == "__main__":

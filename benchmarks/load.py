@@ -1,14 +1,18 @@
 """Side-by-side load harness: Guard vs HAProxy vs nginx, all in front of the same backend.
 
     python benchmarks/load.py [--duration 6] [--connections 50] [--guard-parser httptools|h11]
-                              [--only guard,haproxy,nginx,direct] [--results benchmarks/RESULTS.md]
-                              [--guard-metrics]
+                              [--only guard,guard-compiled,relay,haproxy,nginx,direct]
+                              [--results benchmarks/RESULTS.md] [--guard-metrics]
 
 One run starts a fast backend (nginx, 1 worker, 12-byte `return 200`), the three proxies in
 front of it (one worker / thread each), waits for each to answer 200, then drives them one
 after the other with `wrk -t1 -c50 --latency` (plus the backend directly, "direct") and
 prints and appends a table. Every process it starts runs in its own process group and is
 killed on the way out, whatever happens; every temp dir is removed.
+
+``guard`` runs this checkout's sources as they are (pure Python); ``guard-compiled`` the same
+sources with the hot path compiled by setup.py (``GUARD_COMPILE=1``, mypyc), built into the
+temp dir first (mypy is pip-installed if missing): the two builds side by side.
 
 ``--guard-metrics`` gives Guard an admin address and scrapes its /metrics once a second
 while wrk runs, to price what exporting costs. Recording (the per-request counters and
@@ -41,10 +45,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-TARGETS = ("guard", "relay", "haproxy", "nginx", "direct")
+TARGETS = ("guard", "guard-compiled", "relay", "haproxy", "nginx", "direct")
 # What each target is, for the results file.
 DESCRIPTIONS = {
-    "guard": "Guard, workers: 1",
+    "guard": "Guard, workers: 1, pure Python",
+    "guard-compiled": "Guard, workers: 1, hot path compiled with mypyc (GUARD_COMPILE=1)",
     "relay": "benchmarks/baseline_relay.py, a featureless uvloop+httptools relay (Python's floor)",
     "haproxy": "HAProxy, nbthread 1, http-reuse always",
     "nginx": "nginx proxy, 1 worker, upstream keepalive 64",
@@ -470,7 +475,8 @@ def report(
     command = shlex.join(["python", *sys.argv])
     tools = ", ".join(f"{k} {v}" for k, v in versions.items())
     targets = "; ".join(f"{r.name} = {DESCRIPTIONS[r.name]}" for r in results)
-    guard_note = f" Guard's parser: {args.guard_parser}." if "guard" in args.only else ""
+    builds = "; ".join(f"{name}: `{text}`" for name, text in args.guard_builds.items())
+    guard_note = f" Guard's parser: {args.guard_parser}; {builds}." if builds else ""
     if "guard" in args.only and args.guard_metrics:
         guard_note += " Guard with `admin:`, /metrics scraped every 1 s during the run."
     return f"""
@@ -499,7 +505,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         default=",".join(TARGETS),
-        help="comma-separated subset of guard,haproxy,nginx,direct (run in that order)",
+        help=f"comma-separated subset of {','.join(TARGETS)} (run in that order)",
     )
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
     parser.add_argument(
@@ -513,6 +519,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown or not chosen:
         parser.error(f"--only takes a subset of {','.join(TARGETS)}; got {args.only!r}")
     args.only = [t for t in TARGETS if t in chosen]
+    args.guard_builds = {}  # target -> what `guard --version` said
     return args
 
 
@@ -530,6 +537,31 @@ def _terminate_cleanly() -> Iterator[None]:
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
+
+
+def compiled_copy(dest: Path) -> Path:
+    """This checkout's guard/ with its hot path compiled in place by setup.py
+    (GUARD_COMPILE=1, mypyc): the directory to put on PYTHONPATH."""
+    try:
+        import mypyc  # noqa: F401
+    except ImportError:
+        print("guard-compiled: installing mypy (mypyc) first", flush=True)
+        pip = [sys.executable, "-m", "pip", "install", "-q", "mypy>=1.11"]
+        subprocess.run(pip, check=True)
+    dest.mkdir()
+    shutil.copytree(REPO / "guard", dest / "guard", ignore=shutil.ignore_patterns("*.so"))
+    shutil.copy2(REPO / "setup.py", dest / "setup.py")
+    print("guard-compiled: compiling the hot path (~30 s)", flush=True)
+    build = subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+        cwd=dest,
+        env=dict(os.environ, GUARD_COMPILE="1"),
+        capture_output=True,
+        text=True,
+    )
+    if build.returncode != 0:
+        raise HarnessError(f"compiling the hot path failed:\n{build.stderr[-3000:]}")
+    return dest
 
 
 def start_all(
@@ -570,23 +602,35 @@ def start_all(
             "nginx", nginx_proxy_conf(nginx, tmp / "nginx", port, backend_port), port
         )
 
-    if "guard" in args.only:
+    args.guard_admin = None
+    for name in ("guard", "guard-compiled"):
+        if name not in args.only:
+            continue
         port = free_port()
-        gdir = tmp / "guard"
+        gdir = tmp / name
         gdir.mkdir()
-        args.guard_admin = free_port() if args.guard_metrics else None
-        config = guard_files(gdir, port, backend_port, args.guard_parser, args.guard_admin)
+        admin = free_port() if args.guard_metrics and name == "guard" else None
+        if admin:
+            args.guard_admin = admin
+        config = guard_files(gdir, port, backend_port, args.guard_parser, admin)
         # `python -m guard` is the `guard` console script (guard.cli:main) run from this
-        # checkout, so the code measured is the code in the tree, not a stale install.
+        # checkout (or its compiled copy), so the code measured is the code in the tree,
+        # not a stale install.
+        code = REPO if name == "guard" else compiled_copy(tmp / "compiled")
         env = dict(
             os.environ,
-            PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(
+            PYTHONPATH=os.pathsep.join([str(code), os.environ.get("PYTHONPATH", "")]).rstrip(
                 os.pathsep
             ),
         )
-        servers["guard"] = procs.start(
-            "guard",
-            [sys.executable, "-m", "guard", "run", "--config", str(config)],
+        cmd = [sys.executable, "-m", "guard"]
+        build = subprocess.run(
+            [*cmd, "--version"], cwd=gdir, env=env, capture_output=True, text=True
+        )
+        args.guard_builds[name] = build.stdout.strip()
+        servers[name] = procs.start(
+            name,
+            [*cmd, "run", "--config", str(config)],
             port,
             gdir / "guard.log",
             cwd=str(gdir),

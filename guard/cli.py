@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -81,6 +82,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if refusal:
         print(f"guard: {config.path}: {refusal}", file=sys.stderr)
         return 2
+    from guard.buildinfo import describe
+
+    logging.getLogger("guard").info("guard %s (%s)", __version__, describe())
     if config.workers > 1:
         from guard.runtime.supervisor import supervise
 
@@ -233,12 +237,23 @@ def cmd_usage(args: argparse.Namespace) -> int:
     return 0
 
 
+class _VersionAction(argparse.Action):
+    """``guard --version``: the version and the build (pure Python or compiled), looked up
+    only when asked (it imports the hot path)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[no-untyped-def]
+        from guard.buildinfo import describe
+
+        print(f"guard {__version__} ({describe()})")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="guard",
         description="Edge load balancer and proxy that wakes containers on demand.",
     )
-    parser.add_argument("--version", action="version", version=f"guard {__version__}")
+    parser.add_argument("--version", action=_VersionAction, nargs=0, help="print the version")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run_p = sub.add_parser("run", help="serve traffic with a guard.yaml")

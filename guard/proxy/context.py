@@ -16,7 +16,7 @@ from guard.routing.containers import ROUTE_NAME
 
 if TYPE_CHECKING:
     from guard.proxy.ratelimit import RouteLimiter
-    from guard.routing.table import HttpRouteTable
+    from guard.routing.table import RouteTable
 
 
 # Request duration buckets (seconds): fine below a millisecond, where proxy overhead lives.
@@ -173,7 +173,7 @@ class ListenerContext:
     name: str
     proto: bytes  # b"http" | b"https" for X-Forwarded-Proto
     http: HttpConfig
-    table: HttpRouteTable
+    table: RouteTable
     sweeper: DeadlineSweeper
     trusted: TrustedProxies
     via: bytes | None

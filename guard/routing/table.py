@@ -19,8 +19,7 @@ Pure code: no IO, no asyncio.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from guard.config.gcpause import gc_paused
 from guard.config.model import RouteConfig
@@ -29,6 +28,7 @@ __all__ = [
     "CompiledRoute",
     "HttpRouteTable",
     "RouteMatchResult",
+    "RouteTable",
     "build_http_tables",
     "normalize_host",
 ]
@@ -40,15 +40,26 @@ T = TypeVar("T")
 _HOST_CACHE_MAX = 4096
 
 
-@dataclass(slots=True)
 class CompiledRoute(Generic[T]):
-    name: str
-    listener: str
-    config: RouteConfig
-    target: T
-    # The route's path prefix (or exact path) to strip, when strip_prefix is on. None when
-    # stripping is off or would be a no-op (prefix "/").
-    strip_prefix: bytes | None
+    """A route as the table holds it: its config, its target (a service), and what
+    strip_prefix strips. (A plain class with slots rather than a slotted dataclass: mypyc
+    cannot compile the latter, and nothing compares or copies routes.)"""
+
+    __slots__ = ("config", "listener", "name", "strip_prefix", "target")
+
+    def __init__(
+        self, name: str, listener: str, config: RouteConfig, target: T, strip_prefix: bytes | None
+    ) -> None:
+        self.name = name
+        self.listener = listener
+        self.config = config
+        self.target = target
+        # The route's path prefix (or exact path) to strip, when strip_prefix is on. None
+        # when stripping is off or would be a no-op (prefix "/").
+        self.strip_prefix = strip_prefix
+
+    def __repr__(self) -> str:
+        return f"CompiledRoute(name={self.name!r}, listener={self.listener!r})"
 
     def rewrite_target(self, target: bytes) -> bytes:
         """Strip ``strip_prefix`` from a request target, keeping the query string.
@@ -86,6 +97,20 @@ class RouteMatchResult(Generic[T]):
 
     def __repr__(self) -> str:
         return f"RouteMatchResult(route={self.route.name!r}, key={self.key!r})"
+
+
+class RouteTable(Protocol):
+    """What an http listener matches requests against: an HttpRouteTable, or a
+    ContainerAwareTable (guard.routing.containers) in front of one."""
+
+    @property
+    def reads_headers(self) -> bool:
+        """Whether match() looks at the headers (else it may be given an empty list)."""
+        ...
+
+    def match(
+        self, host: bytes, path: bytes, method: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> RouteMatchResult[Any] | None: ...
 
 
 # One candidate route inside a path slot: (prebuilt result, methods or None = any,
