@@ -137,7 +137,7 @@ def test_limits_make_a_request_not_plain() -> None:
 def test_a_known_header_block_is_looked_up_not_scanned(monkeypatch) -> None:
     # The verdict on a header block is kept (a client sends the same one every time);
     # the request line is matched afresh and the limits are checked on every request.
-    monkeypatch.setattr(plain, "_BLOCKS", {})
+    plain._BLOCKS.clear()
     first = plain_request(GET, LIMIT, 100)
     assert first is not None and len(plain._BLOCKS) == 1
 
@@ -155,8 +155,8 @@ def test_a_known_header_block_is_looked_up_not_scanned(monkeypatch) -> None:
     assert plain_request(GET + b"GET", LIMIT, 100) is None
 
 
-def test_blocks_that_are_not_plain_or_large_are_not_kept(monkeypatch) -> None:
-    monkeypatch.setattr(plain, "_BLOCKS", {})
+def test_blocks_that_are_not_plain_or_large_are_not_kept() -> None:
+    plain._BLOCKS.clear()
     forwarded = GET.replace(b"Accept", b"X-Forwarded-For: 10.0.0.1\r\nAccept")
     assert plain_request(forwarded, LIMIT, 100) is None
     assert plain_request(forwarded, LIMIT, 100) is None
@@ -166,7 +166,7 @@ def test_blocks_that_are_not_plain_or_large_are_not_kept(monkeypatch) -> None:
 
 
 def test_the_block_cache_is_bounded(monkeypatch) -> None:
-    monkeypatch.setattr(plain, "_BLOCKS", {})
+    plain._BLOCKS.clear()
     monkeypatch.setattr(plain, "_BLOCKS_MAX", 3)
     for i in range(10):
         request = GET.replace(b"curl", b"curl/%d" % i)

@@ -9,7 +9,7 @@ both parsers, so the two codecs behave identically at the proxy's edges.
 from __future__ import annotations
 
 import re
-from typing import Protocol
+from typing import Final, Protocol
 
 from guard.errors import BadRequest, ExpectationFailed, UpstreamProtocolError
 
@@ -20,7 +20,7 @@ PARSERS = ("httptools", "h11")
 # One header line of a head llhttp accepted: a token, a colon, the value without its
 # surrounding whitespace (llhttp rejects whitespace before the colon, controls and bare
 # CR/LF, so nothing else can be in a line).
-_HEADER_LINE = re.compile(rb"([^:\r\n]+):[ \t]*([^\r\n]*?)[ \t]*\r\n")
+_HEADER_LINE: Final = re.compile(rb"([^:\r\n]+):[ \t]*([^\r\n]*?)[ \t]*\r\n")
 
 
 def headers_of_lines(lines: bytes) -> Headers:
@@ -237,12 +237,12 @@ def _connection_tokens(value: bytes) -> tuple[bytes, ...]:
 # SOURCE); it answers 400 to any other token, lowercase ones included. h11 takes any token,
 # so the h11 adapter refuses the rest: one verdict under both codecs. (tests/test_codec.py
 # checks this set against llhttp itself.)
-LLHTTP_METHODS = frozenset(
+LLHTTP_METHODS: Final = frozenset(
     b"DELETE GET HEAD POST PUT CONNECT OPTIONS TRACE COPY LOCK MKCOL MOVE PROPFIND PROPPATCH"
     b" SEARCH UNLOCK BIND REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH NOTIFY"
     b" SUBSCRIBE UNSUBSCRIBE PATCH PURGE MKCALENDAR LINK UNLINK SOURCE QUERY".split()
 )
-_MAX_CONTENT_LENGTH = 0xFFFFFFFFFFFFFFFF  # llhttp's: a longer one is a 400 (overflow)
+_MAX_CONTENT_LENGTH: Final = 0xFFFFFFFFFFFFFFFF  # llhttp's: a longer one is a 400 (overflow)
 
 
 def _parse_content_length(value: bytes, seen: int | None) -> int:
@@ -259,7 +259,7 @@ def _parse_content_length(value: bytes, seen: int | None) -> int:
 
 
 # Bytes that may not appear in a head except as the CRLF line ends (CR and LF included).
-_CTL = bytes(range(0x09)) + bytes(range(0x0A, 0x20)) + b"\x7f"
+_CTL: Final = bytes(range(0x09)) + bytes(range(0x0A, 0x20)) + b"\x7f"
 
 
 def head_bytes_error(raw: bytes, before: bytes = b"") -> str | None:
@@ -277,8 +277,10 @@ def head_bytes_error(raw: bytes, before: bytes = b"") -> str | None:
     return None
 
 
-_RESPONSE_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection", b"upgrade"})
-_REQUEST_FRAMING = _RESPONSE_FRAMING | {b"host", b"expect"}
+_RESPONSE_FRAMING: Final = frozenset(
+    {b"content-length", b"transfer-encoding", b"connection", b"upgrade"}
+)
+_REQUEST_FRAMING: Final = _RESPONSE_FRAMING | {b"host", b"expect"}
 
 
 def _transfer_encoding_ok(count: int, value: bytes) -> bool:
@@ -289,7 +291,7 @@ def _transfer_encoding_ok(count: int, value: bytes) -> bool:
 # uri-host [":" port] (RFC 3986 3.2.2): an IP literal, or a reg-name of the characters
 # host names use (unreserved and %-escapes; sub-delims such as "," ";" "!" are allowed by
 # the RFC but never appear in real names, and a comma reads as a list to many backends).
-VALID_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%-]*)(?::[0-9]{0,5})?")
+VALID_HOST: Final = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%-]*)(?::[0-9]{0,5})?")
 
 
 def apply_request_framing(head: RequestHead) -> None:

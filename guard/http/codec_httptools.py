@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 import httptools
 
 from guard.errors import BadRequest, GuardError, HeaderTooLarge, UpstreamProtocolError
@@ -16,7 +18,7 @@ from guard.http.codec import (
 )
 from guard.http.plain import plain_request, plain_response
 
-_VERSIONS = {"1.1": b"1.1", "1.0": b"1.0"}
+_VERSIONS: Final = {"1.1": b"1.1", "1.0": b"1.0"}
 
 
 def _callback_error(exc: httptools.HttpParserCallbackError) -> BaseException:
@@ -93,13 +95,13 @@ class _Checker:
         return status if status >= 200 and status != 204 and status != 304 else 0
 
 
-_CHECKER = _Checker()
+_CHECKER: Final = _Checker()
 
 # After a message that is not plain, this many of the connection's next messages go
 # straight to the general path: a client or backend that sends a field the proxy acts on
 # (X-Forwarded-For, Keep-Alive, chunked bodies...) tends to send it every time, and each
 # failed attempt costs a scan of the head. Then the next one is tried again.
-_PLAIN_BACKOFF = 16
+_PLAIN_BACKOFF: Final = 16
 
 
 class HttptoolsRequestParser:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Sequence
+from typing import Final
 
 from guard.http.codec import Headers, RequestHead, ResponseHead
 
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -25,18 +26,18 @@ HOP_BY_HOP = frozenset(
     }
 )
 # Set by Guard itself; from an untrusted peer they are dropped, never believed.
-_FORWARDING = frozenset(
+_FORWARDING: Final = frozenset(
     {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"}
 )
 # Expect is answered by Guard itself (the proxy sends 100 Continue), never forwarded.
-_REQUEST_DROP = HOP_BY_HOP | _FORWARDING | {b"expect"}
+_REQUEST_DROP: Final = HOP_BY_HOP | _FORWARDING | {b"expect"}
 # Never removed because Connection names them: dropping Content-Length while forwarding
 # the body desynchronises the next hop (request smuggling), dropping Host misroutes.
-_PROTECTED = frozenset({b"content-length", b"host"})
+_PROTECTED: Final = frozenset({b"content-length", b"host"})
 
 # Connection values repeat ("keep-alive", "close"): build each drop set once. Bounded,
 # since the tokens come from clients.
-_DROP_SETS: dict[tuple[frozenset[bytes], tuple[bytes, ...]], frozenset[bytes]] = {}
+_DROP_SETS: Final[dict[tuple[frozenset[bytes], tuple[bytes, ...]], frozenset[bytes]]] = {}
 
 
 def _drop_set(base: frozenset[bytes], tokens: tuple[bytes, ...]) -> frozenset[bytes]:
@@ -50,7 +51,7 @@ def _drop_set(base: frozenset[bytes], tokens: tuple[bytes, ...]) -> frozenset[by
     return drop
 
 
-_REASONS = {
+_REASONS: Final = {
     100: b"Continue",
     200: b"OK",
     400: b"Bad Request",

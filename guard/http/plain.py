@@ -12,33 +12,34 @@ takes the general path, which reaches the verdict. Sans-IO: bytes in, facts out.
 from __future__ import annotations
 
 import re
+from typing import Final
 
 from guard.http.codec import LLHTTP_METHODS, VALID_HOST
 
-_REQUEST_LINE = re.compile(rb"([A-Z-]+) (/[^ #\r\n]*) HTTP/1\.1\r\n")
+_REQUEST_LINE: Final = re.compile(rb"([A-Z-]+) (/[^ #\r\n]*) HTTP/1\.1\r\n")
 # One scan of the lowercased head (a case-insensitive pattern costs Python's re several
 # times more) for what makes a request not plain: a field the proxy acts on (framing,
 # hop-by-hop, Expect) or rewrites (forwarding), or a line not in the form "Name: value"
 # with one space after the colon (forwarded as it came, such a line would differ from the
 # general path's). A name holds no colon, so the first colon of a line ends it. Trailing
 # whitespace, the other way a line can differ, is looked for with bytes.find.
-_NOT_PLAIN_REQUEST = re.compile(
+_NOT_PLAIN_REQUEST: Final = re.compile(
     rb"\r\n(?:(?:keep-alive|proxy-connection|te|trailer|upgrade|transfer-encoding"
     rb"|content-length|expect|x-forwarded-for|x-forwarded-proto|x-forwarded-host|forwarded):"
     rb"|[^:\r\n]*:(?! [^ \t\r]))"
 )
 # Methods llhttp knows (a body-less request of any of them is plain), but CONNECT, which
 # Guard answers itself.
-_PLAIN_METHODS = LLHTTP_METHODS - {b"CONNECT"}
+_PLAIN_METHODS: Final = LLHTTP_METHODS - {b"CONNECT"}
 
-_NOT_PLAIN_RESPONSE = re.compile(
+_NOT_PLAIN_RESPONSE: Final = re.compile(
     rb"\r\n(?:(?:keep-alive|proxy-connection|te|trailer|upgrade|transfer-encoding):"
     rb"|[^:\r\n]*:(?! [^ \t\r]))"
 )
-_WS = b" \t"
+_WS: Final = b" \t"
 
 # Hosts already found valid (they repeat): a dict hit instead of a regex. Bounded.
-_VALID_HOSTS: dict[bytes, bool] = {}
+_VALID_HOSTS: Final[dict[bytes, bool]] = {}
 
 
 def _valid_host(host: bytes) -> bool:
@@ -82,9 +83,9 @@ def _without_connection(
 # and the request line is still matched and llhttp still checks every message. Bounded in
 # entries and in the size of a block kept.
 _Block = tuple[bytes, bytes, bytes | None, bytes | None, int]
-_BLOCKS: dict[bytes, _Block] = {}
+_BLOCKS: Final[dict[bytes, _Block]] = {}
 _BLOCKS_MAX = 1024
-_BLOCK_MAX_BYTES = 2048
+_BLOCK_MAX_BYTES: Final = 2048
 
 
 def plain_request(
@@ -129,8 +130,8 @@ def _plain_block(block: bytes) -> _Block | None:
     low = block.lower()
     if (
         _NOT_PLAIN_REQUEST.search(low) is not None
-        or block.find(b" \r\n") >= 0
-        or block.find(b"\t\r\n") >= 0
+        or b" \r\n" in block
+        or b"\t\r\n" in block
     ):
         return None
     i = low.find(b"\r\nhost:")
@@ -141,7 +142,7 @@ def _plain_block(block: bytes) -> _Block | None:
         return None
     end = len(block) - 2
     count = block.count(b"\r\n") - 2
-    if low.find(b"\r\nconnection:") < 0:  # (the usual case, without a call)
+    if b"\r\nconnection:" not in low:  # (the usual case, without a call)
         return host, block[2:end], None, None, count
     cut = _without_connection(block, low, 2, end)
     if cut is None:
@@ -168,8 +169,8 @@ def plain_response(
     low = data[:end].lower()
     if (
         _NOT_PLAIN_RESPONSE.search(low) is not None
-        or low.find(b" \r\n") >= 0
-        or low.find(b"\t\r\n") >= 0
+        or b" \r\n" in low
+        or b"\t\r\n" in low
     ):
         return None
     if end > 4 * max_headers and low.count(b"\r\n") - 1 > max_headers:

@@ -7,7 +7,7 @@ import json
 import sys
 from bisect import bisect_left
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Final
 
 from guard.config.model import HttpConfig
 from guard.http.forwarding import TrustedProxies
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 # Request duration buckets (seconds): fine below a millisecond, where proxy overhead lives.
-DURATION_BOUNDS = (
+DURATION_BOUNDS: Final = (
     0.00025,
     0.0005,
     0.001,
@@ -39,7 +39,7 @@ DURATION_BOUNDS = (
     30.0,
     60.0,
 )
-_KNOWN_METHODS = frozenset(
+_KNOWN_METHODS: Final = frozenset(
     {b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS", b"TRACE", b"CONNECT"}
 )
 
@@ -114,11 +114,11 @@ class RouteStats:
         return sum(self.requests.values())
 
 
-_STATUS_CLASSES = ("", "1xx", "2xx", "3xx", "4xx", "5xx")
+_STATUS_CLASSES: Final = ("", "1xx", "2xx", "3xx", "4xx", "5xx")
 
 # (status, method) -> the (status class, method) labels of RouteStats.requests. Bounded:
 # only known methods are cached, and statuses are three-digit numbers.
-_REQUEST_KEYS: dict[tuple[int, bytes], tuple[str, str]] = {}
+_REQUEST_KEYS: Final[dict[tuple[int, bytes], tuple[str, str]]] = {}
 
 
 def _request_key(status: int, method: bytes) -> tuple[str, str]:

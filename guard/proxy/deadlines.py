@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import Protocol
+from typing import Final, Protocol
 
-NEVER = math.inf
+NEVER: Final = math.inf
 
 
 class HasDeadline(Protocol):

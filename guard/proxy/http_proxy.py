@@ -13,7 +13,7 @@ import asyncio
 import socket
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from guard.errors import (
     BadRequest,
@@ -58,25 +58,30 @@ if TYPE_CHECKING:
     from guard.routing.table import RouteMatchResult
 
 # Read-pause reasons: reading resumes only when none is left.
-_PAUSE_PIPELINE = 1  # a complete request waits for the active one's response
-_PAUSE_UPSTREAM = 2  # the backend's socket buffer is full
-_PAUSE_BUFFER = 4  # body bytes wait for an upstream connection
-_PAUSE_STOPPED = 8  # nothing more will be read (parse error, upgrade until answered)
+_PAUSE_PIPELINE: Final = 1  # a complete request waits for the active one's response
+_PAUSE_UPSTREAM: Final = 2  # the backend's socket buffer is full
+_PAUSE_BUFFER: Final = 4  # body bytes wait for an upstream connection
+_PAUSE_STOPPED: Final = 8  # nothing more will be read (parse error, upgrade until answered)
 
-_MAX_EARLY_BODY = 256 * 1024  # body buffered before the upstream connection is ready
-_MAX_REPLAY = 64 * 1024  # bytes kept so a request can be resent on a fresh connection
-_JOIN_MAX = 64 * 1024  # a plain response's body up to this is sent in one write with its head
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+_MAX_EARLY_BODY: Final = 256 * 1024  # body buffered before the upstream connection is ready
+_MAX_REPLAY: Final = 64 * 1024  # bytes kept so a request can be resent on a fresh connection
+# A plain response's body up to this is sent in one write with its head.
+_JOIN_MAX: Final = 64 * 1024
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
-_clock = time.perf_counter
+_clock: Final = time.perf_counter
 
 # Passed for the headers where nothing reads them (never mutated): a plain request's
 # header list is then never built (see RequestHead.headers).
-_NONE: Headers = []
+_NONE: Final[Headers] = []
 
 # Deadline kinds
-_T_HEADER, _T_IDLE, _T_RESPONSE, _T_WAKE, _T_BODY = 1, 2, 3, 4, 5
+_T_HEADER: Final = 1
+_T_IDLE: Final = 2
+_T_RESPONSE: Final = 3
+_T_WAKE: Final = 4
+_T_BODY: Final = 5
 
 
 class _BadAuthority(BadRequest):
@@ -256,18 +261,18 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         self._pending.clear()
 
     def data_received(self, data: bytes) -> None:
-        if self._deadline_kind == _T_IDLE:
-            self._set_deadline(_T_HEADER, self._ctx.request_header_timeout)
         parser = self._parser
-        cork = CORK
         if self._active is None and self._parsing is None and not self._closed:
             head = parser.take_plain(data)
             if head is not None:
                 # One whole plain request (the usual keep-alive GET), without the parser's
                 # per-header work. (Uncorked: it makes one write, the head upstream, or
-                # Guard's own answer.)
+                # Guard's own answer.) It sets the response deadline itself.
                 self._plain_request(head)
                 return
+        if self._deadline_kind == _T_IDLE:
+            self._set_deadline(_T_HEADER, self._ctx.request_header_timeout)
+        cork = CORK
         while True:
             cork.depth += 1
             try:

@@ -9,6 +9,7 @@ returns: one syscall per socket per event-loop callback, and no added latency.
 from __future__ import annotations
 
 import asyncio
+from typing import Final
 
 
 class BufferedWriter:
@@ -61,4 +62,4 @@ class Cork:
 
 
 # One event loop per process, so one cork per process.
-CORK = Cork()
+CORK: Final = Cork()
