@@ -128,11 +128,7 @@ def _plain_block(block: bytes) -> _Block | None:
     """What plain_request needs of a request's header block (``\r\n`` + the header lines
     + ``\r\n``), or None when the block is not plain."""
     low = block.lower()
-    if (
-        _NOT_PLAIN_REQUEST.search(low) is not None
-        or b" \r\n" in block
-        or b"\t\r\n" in block
-    ):
+    if _NOT_PLAIN_REQUEST.search(low) is not None or b" \r\n" in block or b"\t\r\n" in block:
         return None
     i = low.find(b"\r\nhost:")
     if i < 0 or low.find(b"\r\nhost:", i + 7) >= 0:
@@ -167,11 +163,7 @@ def plain_response(
     if end < 2 or end + 2 > max_header_bytes or not data.startswith(b"HTTP/1.1 "):
         return None
     low = data[:end].lower()
-    if (
-        _NOT_PLAIN_RESPONSE.search(low) is not None
-        or b" \r\n" in low
-        or b"\t\r\n" in low
-    ):
+    if _NOT_PLAIN_RESPONSE.search(low) is not None or b" \r\n" in low or b"\t\r\n" in low:
         return None
     if end > 4 * max_headers and low.count(b"\r\n") - 1 > max_headers:
         return None
