@@ -12,7 +12,7 @@ import os
 from setuptools import build_meta as _setuptools
 from setuptools.build_meta import *  # noqa: F403 (every other hook is setuptools')
 
-MYPY = "mypy>=1.11"
+MYPY = "mypy~=2.4.1"  # (CI type-checks with the same version)
 
 
 def compiling() -> bool:

@@ -546,7 +546,7 @@ def compiled_copy(dest: Path) -> Path:
         import mypyc  # noqa: F401
     except ImportError:
         print("guard-compiled: installing mypy (mypyc) first", flush=True)
-        pip = [sys.executable, "-m", "pip", "install", "-q", "mypy>=1.11"]
+        pip = [sys.executable, "-m", "pip", "install", "-q", "mypy~=2.4.1"]
         subprocess.run(pip, check=True)
     dest.mkdir()
     shutil.copytree(REPO / "guard", dest / "guard", ignore=shutil.ignore_patterns("*.so"))

@@ -43,10 +43,10 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import cast
+from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 import httptools
@@ -641,7 +641,7 @@ async def serve_udp(host: str, port: int) -> None:
 
 # Mode name -> server coroutine. New modes plug in here and in nowhere else. (WebSocket is
 # no mode of its own: http serves it on /ws, as an origin behind a proxy would.)
-MODES: dict[str, Callable[[str, int], Awaitable[None]]] = {
+MODES: dict[str, Callable[[str, int], Coroutine[Any, Any, None]]] = {
     "http": serve_http,
     "tcp": serve_tcp,
     "udp": serve_udp,

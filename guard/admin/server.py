@@ -271,11 +271,13 @@ class AdminProtocol(asyncio.Protocol):
         """Write the finished responses at the head of the queue, in request order."""
         out = self.out
         while out and self.transport is not None and self.pump is None:
-            item, keep_alive = out[0]
-            if isinstance(item, asyncio.Task):
-                if not item.done():
+            queued, keep_alive = out[0]
+            if isinstance(queued, asyncio.Task):
+                if not queued.done():
                     return
-                item = item.result()
+                item = queued.result()
+            else:
+                item = queued
             out.popleft()
             if isinstance(item, _Stream):
                 self.transport.write(item.head)

@@ -22,6 +22,7 @@ import secrets
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import TYPE_CHECKING
 
 from guard.config.model import ContainerSpec, ScaleConfig, ServiceConfig
@@ -449,7 +450,10 @@ class ContainerManager:
                 self._deletes[record.id] = task = self.plane.loop.create_task(
                     self._delete(record, None)
                 )
-                task.add_done_callback(lambda _, cid=record.id: self._deletes.pop(cid, None))
+                task.add_done_callback(partial(self._forget_delete, record.id))
+
+    def _forget_delete(self, container_id: str, _: object) -> None:
+        self._deletes.pop(container_id, None)
 
     def attach_updates(self) -> list[ContainerUpdate]:
         """Everything a newly attached worker must know, in bounded messages."""

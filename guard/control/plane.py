@@ -201,12 +201,12 @@ class ControlPlane:
                 del self.controllers[name]
                 self.loop.create_task(ctl.close())
         for name, cfg in wanted.items():
-            ctl = self.controllers.get(name)
-            if ctl is not None and ctl.spec.driver == cfg.container.driver:  # type: ignore[union-attr]
-                ctl.configure(cfg)
+            current = self.controllers.get(name)
+            if current is not None and current.spec.driver == cfg.container.driver:  # type: ignore[union-attr]
+                current.configure(cfg)
                 continue
-            if ctl is not None:
-                self.loop.create_task(ctl.close())
+            if current is not None:
+                self.loop.create_task(current.close())
             self.controllers[name] = await self._controller(cfg)
         for name in wanted:
             self.publish(name)

@@ -378,6 +378,7 @@ class ProcessDriver(Driver):
         inst.stop_requested = False
         fd = os.open(inst.handle.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         exited: asyncio.Future[int] | None = None
+        proc: asyncio.subprocess.Process | subprocess.Popen[bytes]
         try:
             setpriv = _setpriv() if _HAS_PIDFD else None
             if setpriv is not None:

@@ -25,6 +25,7 @@ from guard.upstream.service import Service
 if TYPE_CHECKING:
     from guard.proxy.context import Histogram
     from guard.runtime.worker import Worker
+    from guard.upstream.container_service import ContainerService
     from guard.upstream.pool import UpstreamPool
 
 
@@ -43,7 +44,7 @@ class WorkerMetrics:
         # (service, backend or "") -> {"retries": n, "ejections": n} of replaced services
         self._service_totals: dict[tuple[str, str], dict[str, int]] = {}
 
-    def retire(self, services: Iterable[Service]) -> None:
+    def retire(self, services: Iterable[Service | ContainerService]) -> None:
         """Called on reload with the services being replaced."""
         services = list(services)
         self._retired.extend((svc.name, pool) for svc in services for pool in svc.pools)
@@ -51,7 +52,9 @@ class WorkerMetrics:
             self._fold_service(svc, self._service_totals)
 
     @staticmethod
-    def _fold_service(svc: Service, into: dict[tuple[str, str], dict[str, int]]) -> None:
+    def _fold_service(
+        svc: Service | ContainerService, into: dict[tuple[str, str], dict[str, int]]
+    ) -> None:
         """Service-level counters (retries, outlier ejections) into ``into``."""
         retries = getattr(svc, "retries_total", 0)
         if retries:

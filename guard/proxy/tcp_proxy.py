@@ -25,7 +25,7 @@ import asyncio
 import ipaddress
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from guard.errors import GuardError
 from guard.proxy.deadlines import NEVER, DeadlineSweeper
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from guard.balancing.backend import Backend
     from guard.config.model import RouteConfig
     from guard.proxy.ratelimit import RouteLimiter
-    from guard.upstream.container_service import ContainerService, Hold
+    from guard.upstream.container_service import ContainerService, Hold, WakeableService
     from guard.upstream.pool import UpstreamPool
     from guard.upstream.service import Service
 
@@ -139,7 +139,7 @@ class TcpListenerContext:
         self,
         name: str,
         routing: TcpRouting,
-        services: dict[str, Service],
+        services: dict[str, Service | ContainerService],
         *,
         loop: asyncio.AbstractEventLoop,
         sweeper: DeadlineSweeper,
@@ -228,7 +228,7 @@ class TcpClientProtocol(asyncio.Protocol):
         self.backend: Backend | None = None
         self.connect_task: asyncio.Task[None] | None = None
         self.hold: Hold | None = None
-        self.container: ContainerService | None = None
+        self.container: WakeableService | None = None
         self.held_route: TcpRoute | None = None
         self.client_addr: tuple[str, int] = ("", 0)
         self.local_addr: tuple[str, int] = ("", 0)
@@ -461,20 +461,21 @@ class TcpClientProtocol(asyncio.Protocol):
         if pool is None and service.wakeable:
             # A container service with no instance ready: hold the connection (its early
             # bytes buffer, up to MAX_EARLY_BYTES) until one is, or wake_timeout.
+            container = cast("WakeableService", service)
             try:
-                self.hold = service.hold(
-                    self, service.key_of(None, []), [], self.client_addr[0], b""
+                self.hold = container.hold(
+                    self, container.key_of(None, []), [], self.client_addr[0], b""
                 )
             except GuardError as e:
                 ctx.stats.wake_failed += 1
                 self._reject(f"service {service.name}: {e.message}")
                 return
-            self.container = service
+            self.container = container
             self.held_route = route
             self.state = _HOLDING
             if self.buf is None:
                 self.buf = bytearray()
-            self.deadline = self.sweeper.now + service.wake_timeout
+            self.deadline = self.sweeper.now + container.wake_timeout
             self.sweeper.add(self)
             return
         if pool is None:
@@ -482,7 +483,7 @@ class TcpClientProtocol(asyncio.Protocol):
             self._reject(f"service {service.name}: no available backend")
             return
         if service.wakeable:
-            self.container = service
+            self.container = cast("WakeableService", service)
         self._begin(route, service, pool)
 
     # held for a wake (Waiter)
@@ -500,7 +501,7 @@ class TcpClientProtocol(asyncio.Protocol):
             self._reject(f"{self.held_route}: {error.message}")
 
     def _begin(
-        self, route: TcpRoute, service: Service | ContainerService, pool: UpstreamPool
+        self, route: TcpRoute, service: Service | WakeableService, pool: UpstreamPool
     ) -> None:
         ctx = self.ctx
         backend = pool.backend

@@ -189,6 +189,7 @@ class CertificateStore:
         changed = False
         for i, cert in enumerate(self._certs):
             cfg = cert.config
+            error: OSError | ValueError
             try:
                 signature = _signature(cfg)
             except OSError as e:  # mid-replace, or removed: serve what is loaded

@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from guard.errors import GuardError
 from guard.proxy.deadlines import NEVER, DeadlineSweeper
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from guard.balancing.backend import Backend
     from guard.config.model import RouteConfig
     from guard.proxy.ratelimit import RouteLimiter
-    from guard.upstream.container_service import ContainerService, Hold
+    from guard.upstream.container_service import ContainerService, Hold, WakeableService
     from guard.upstream.pool import UpstreamPool
     from guard.upstream.service import Service
 
@@ -79,7 +79,7 @@ class UdpListenerContext:
         self,
         name: str,
         route: RouteConfig | None,
-        services: dict[str, Service],
+        services: dict[str, Service | ContainerService],
         *,
         loop: asyncio.AbstractEventLoop,
         sweeper: DeadlineSweeper,
@@ -186,22 +186,23 @@ class UdpListenerProtocol(asyncio.DatagramProtocol):
         stats.connections += 1
         stats.sessions += 1
         session.enqueue(data)
-        if service.wakeable:
-            session.container = service  # type: ignore[assignment]
+        container = cast("WakeableService", service) if service.wakeable else None
+        session.container = container
         if pool is not None:
             session.task = ctx.loop.create_task(session.open())
             return
         # A container service with no instance ready: the session's datagrams queue (up to
         # MAX_QUEUED) while it waits for a wake; the session's idle deadline becomes the
         # wake deadline.
+        assert container is not None  # (only a container service has no instance ready)
         try:
-            session.hold = service.hold(session, service.key_of(None, []), [], addr[0], b"")  # type: ignore[union-attr]
+            session.hold = container.hold(session, container.key_of(None, []), [], addr[0], b"")
         except GuardError as e:
             stats.wake_failed += 1
             log.info("udp %s: %s", ctx.name, e.message)
             session.close()
             return
-        session.deadline = ctx.sweeper.now + service.wake_timeout  # type: ignore[union-attr]
+        session.deadline = ctx.sweeper.now + container.wake_timeout
 
 
 class UdpSession(asyncio.DatagramProtocol):
@@ -228,7 +229,7 @@ class UdpSession(asyncio.DatagramProtocol):
         self.backend = backend
         if backend is not None:
             backend.in_flight += 1  # an open session counts as activity on its backend
-        self.container: ContainerService | None = None
+        self.container: WakeableService | None = None
         self.hold: Hold | None = None
         self.stats = ctx.stats
         self.idle = ctx.idle
@@ -294,7 +295,7 @@ class UdpSession(asyncio.DatagramProtocol):
         if pending:
             stats = self.stats
             for data in pending:
-                upstream.sendto(data)  # type: ignore[union-attr]
+                cast(asyncio.DatagramTransport, upstream).sendto(data)
                 stats.packets_in += 1
                 stats.bytes_in += len(data)
 

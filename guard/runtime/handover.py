@@ -82,7 +82,12 @@ async def wait_exit(pid: int, poll: float = 0.1) -> None:
             await asyncio.sleep(poll)
         return
     exited = loop.create_future()
-    loop.add_reader(fd, lambda: exited.done() or exited.set_result(None))
+
+    def readable() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    loop.add_reader(fd, readable)
     try:
         await exited
     finally:

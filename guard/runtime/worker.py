@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from guard.admin.api import AdminApi
@@ -298,7 +299,7 @@ class Worker:
             )
             ctx.limiters = limiters.get(name, {})
             self.contexts[name] = ctx
-            factory = self._with_tls(name, lc, lambda ctx=ctx: HttpProxyProtocol(ctx))
+            factory = self._with_tls(name, lc, partial(HttpProxyProtocol, ctx))
             await self._listen(factory, name)
             log.info(
                 "worker %d: listener %s (%s) on %s", self.worker_id, name, lc.protocol, lc.address
@@ -329,7 +330,9 @@ class Worker:
             self.servers.append(server)
 
     async def _start_l4(
-        self, services: dict[str, Service], limiters: dict[str, dict[str, RouteLimiter]]
+        self,
+        services: dict[str, Service | ContainerService],
+        limiters: dict[str, dict[str, RouteLimiter]],
     ) -> None:
         tcp_routing, udp_routes = self._build_l4(self.config.routes)
         connect = self.config.http.timeouts.connect
@@ -350,7 +353,7 @@ class Worker:
                 )
                 tctx.limiters = limiters.get(name, {})
                 self.tcp_contexts[name] = tctx
-                await self._listen(lambda tctx=tctx: TcpClientProtocol(tctx), name)
+                await self._listen(partial(TcpClientProtocol, tctx), name)
             elif lc.protocol == "udp":
                 uctx = UdpListenerContext(
                     name,
@@ -366,7 +369,7 @@ class Worker:
                 self.udp_contexts[name] = uctx
                 for sock in self.sockets.of(name):
                     transport, _ = await self.loop.create_datagram_endpoint(
-                        lambda uctx=uctx: UdpListenerProtocol(uctx), sock=sock
+                        partial(UdpListenerProtocol, uctx), sock=sock
                     )
                     self.udp_transports.append(transport)
             else:

@@ -9,7 +9,7 @@ plane's ``ContainerUpdate`` messages; route reloads do not touch them (the worke
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from guard.config.model import ContainersConfig, ScaleConfig, ServiceConfig
 from guard.control.messages import ContainerRoute, ContainerUpdate, LoadReport
@@ -102,7 +102,7 @@ class ApiContainers:
     def __init__(self, worker: Worker, config: ContainersConfig) -> None:
         self.worker = worker
         self.listener = config.listener
-        self.directory: ContainerDirectory[ContainerService] = ContainerDirectory(
+        self.directory: ContainerDirectory[ContainerService | PortService] = ContainerDirectory(
             config.listener or "", config.domain
         )
         self.services: dict[str, ContainerService] = {}  # by service name
@@ -112,7 +112,7 @@ class ApiContainers:
         self._host = lc.host if lc is not None else "127.0.0.1"
         self._link = _WorkerLink(worker)
 
-    def wrap(self, tables: dict[str, HttpRouteTable[ContainerService]]) -> None:
+    def wrap(self, tables: dict[str, HttpRouteTable[Any]]) -> None:
         """Put the containers in front of the containers listener's routes."""
         if self.listener is not None and self.listener in tables:
             tables[self.listener] = ContainerAwareTable(  # type: ignore[assignment]

@@ -45,6 +45,31 @@ class Waiter(Protocol):
     def on_wake_failed(self, error: GuardError) -> None: ...
 
 
+class WakeableService(Protocol):
+    """What the proxies use of a service whose instances are woken on demand: a
+    ContainerService, or an API container's extra port (api_containers.PortService).
+    A route's target says which it is by ``wakeable``."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def wake_timeout(self) -> float: ...
+
+    @property
+    def config(self) -> ServiceConfig: ...
+
+    def key_of(self, captured: str | None, headers: Headers) -> str | None: ...
+
+    def hold(
+        self, waiter: Waiter, key: str | None, headers: Headers, client_ip: str, path: bytes
+    ) -> Hold: ...
+
+    def cancel(self, hold: Hold) -> None: ...
+
+    def done(self) -> None: ...
+
+
 class Hold:
     """One held piece of work; ``cancel()`` it when the client goes away first."""
 

@@ -271,7 +271,7 @@ def parse_rate_card(doc: Any, file: str) -> RateCard:
     source = doc.get("source", "")
     if not isinstance(source, str):
         error("source", "must be a string")
-    rates: dict[str, float] = {}
+    rates: dict[str, Any] = {}  # (Any: unpacked into RateCard beside the bases)
     for key in _RATES:
         if key in doc:
             rate = _rate(doc[key])
@@ -279,7 +279,7 @@ def parse_rate_card(doc: Any, file: str) -> RateCard:
                 error(key, "must be a number >= 0 (dollars per unit)")
             else:
                 rates[key] = rate
-    bases: dict[str, Basis] = {}
+    bases: dict[str, Any] = {}  # key -> Basis
     for key in ("cpu", "memory"):
         if key in doc:
             if doc[key] in BASES:

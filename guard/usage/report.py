@@ -327,8 +327,8 @@ class Report:
             lines.append(f"  {item:<12} ${dollars(rate)} {unit}")
         used: dict[str, float] = {}
         for cost in self.costs():
-            for size, secs in cost.sizes:
-                used[size] = used.get(size, 0.0) + secs
+            for size_name, secs in cost.sizes:
+                used[size_name] = used.get(size_name, 0.0) + secs
         for size in card.hourly:
             if size.name in used:
                 lines.append(
