@@ -168,7 +168,20 @@ def plain_response(
     if end > 4 * max_headers and low.count(b"\r\n") - 1 > max_headers:
         return None
     start = low.find(b"\r\n") + 2  # the first header line
-    cut = _without_connection(data, low, start, end)
-    if cut is None:
+    # The Connection line, found as _without_connection does, in fewer steps: the form
+    # checked above puts one space after the colon and no whitespace after the value.
+    i = low.find(b"\r\nconnection: ")
+    if i < 0:
+        return data[13 : start - 2], data[start:end], None, True, data[end + 2 :]
+    j = low.find(b"\r", i + 14)
+    token = low[i + 14 : j]
+    if token == b"keep-alive":
+        keep_alive = True
+    elif token == b"close" and b"\r\nclose:" not in low:
+        keep_alive = False
+    else:
         return None
-    return data[13 : start - 2], data[start:end], cut[0], cut[1] != b"close", data[end + 2 :]
+    if low.find(b"\r\nconnection:", j) >= 0:
+        return None  # several
+    forward = data[start : i + 2] + data[j + 2 : end]
+    return data[13 : start - 2], data[start:end], forward, keep_alive, data[end + 2 :]
