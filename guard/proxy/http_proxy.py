@@ -50,7 +50,7 @@ from guard.proxy.context import ListenerContext, RouteStats
 from guard.proxy.deadlines import NEVER
 from guard.proxy.ratelimit import retry_after_header
 from guard.proxy.writes import CORK, BufferedWriter
-from guard.upstream.container_service import ContainerService, Hold
+from guard.upstream.container_service import Hold, WakeableService
 from guard.upstream.pool import UpstreamConnection, UpstreamPool
 from guard.upstream.service import Service
 
@@ -169,7 +169,8 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         self._ip_counted = False
         self._client_ip = ""
         self._hold: Hold | None = None
-        self._container: ContainerService | None = None
+        # A service woken on demand (a ContainerService, or an API container's PortService)
+        self._container: WakeableService | None = None
         self._svc: Service | None = None  # set only for services with limits/retries/outlier
         self._waiting_conn = False  # counted in the service's pending connections
         self._attempts = 0  # retries of the active request (retries:)

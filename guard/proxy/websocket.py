@@ -44,7 +44,7 @@ from guard.proxy.deadlines import NEVER
 if TYPE_CHECKING:
     from guard.http.codec import RequestHead, ResponseHead
     from guard.proxy.context import ListenerContext, RouteStats
-    from guard.upstream.container_service import ContainerService
+    from guard.upstream.container_service import WakeableService
     from guard.upstream.pool import UpstreamPool
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 1.3
@@ -220,7 +220,7 @@ class Handover:
     route: str
     route_stats: RouteStats
     pool: UpstreamPool  # its backend's in_flight was raised for the handshake: ours now
-    container: ContainerService | None
+    container: WakeableService | None
     max_message: int | None  # the route's websocket.max_message: frame mode
     log: dict[str, object] | None  # the access-log fields known at the handshake
 
