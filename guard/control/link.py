@@ -225,10 +225,6 @@ class ControlServer:
                 old.writer.close()
             self._sinks[worker] = sink
             self.plane.attach(worker, sink)
-            # The state attach() just sent (containers, endpoints, health) is complete: the
-            # worker waits for this before it serves, so a container the admin API has
-            # answered for is never a 404 on a worker that was still starting.
-            sink.writer.write(_line({"t": "attached"}))
             while line := await reader.readline():
                 self._dispatch(json.loads(line))
         except (ValueError, KeyError, TypeError, OSError) as e:
@@ -270,7 +266,6 @@ class RemoteLink:
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
-        self.attached = asyncio.Event()  # the plane's state at attach has been applied
 
     async def connect(self) -> None:
         reader, writer = await asyncio.open_unix_connection(self.path, limit=MAX_LINE)
@@ -293,8 +288,6 @@ class RemoteLink:
                     self.sink.apply_health(ServiceHealth(str(doc["service"]), down))
                 elif kind == "containers":
                     self.sink.apply_containers(decode_containers(doc))
-                elif kind == "attached":
-                    self.attached.set()
         except (ValueError, KeyError, TypeError, OSError) as e:
             log.error("control link to the supervisor broke: %s", e)
             return

@@ -74,9 +74,6 @@ from guard.upstream.service import Service
 
 log = logging.getLogger("guard.worker")
 
-# How long a worker waits for the control plane's state before it serves anyway.
-ATTACH_TIMEOUT = 10.0
-
 # How long a draining Guard keeps idle keep-alive connections open for one last request
 # (answered with Connection: close) before closing them: a close under a client that is
 # sending its next request right then would cost it that request.
@@ -527,16 +524,6 @@ async def serve(
         remote = RemoteLink(control_socket, worker_id, worker)
         await remote.connect()
         worker.link = remote
-        # Serve only once the control plane's state (API containers above all) is here:
-        # bounded, so a stuck supervisor does not keep the worker from serving at all.
-        try:
-            await asyncio.wait_for(remote.attached.wait(), ATTACH_TIMEOUT)
-        except TimeoutError:
-            log.warning(
-                "worker %d: no state from the control plane in %gs; serving without it",
-                worker_id,
-                ATTACH_TIMEOUT,
-            )
         send_traffic = remote.traffic
     elif needs_control_host(config):
         host = ControlHost(config)
