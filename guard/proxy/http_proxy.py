@@ -13,7 +13,7 @@ import asyncio
 import socket
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Final
+from typing import Final
 
 from guard.errors import (
     BadRequest,
@@ -53,9 +53,6 @@ from guard.proxy.writes import CORK, BufferedWriter
 from guard.upstream.container_service import Hold, WakeableService
 from guard.upstream.pool import UpstreamConnection, UpstreamPool
 from guard.upstream.service import Service
-
-if TYPE_CHECKING:
-    from guard.routing.table import RouteMatchResult
 
 # Read-pause reasons: reading resumes only when none is left.
 _PAUSE_PIPELINE: Final = 1  # a complete request waits for the active one's response
@@ -466,14 +463,8 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
         self.deadline = ctx.sweeper.now + timeout if timeout > 0 else NEVER
         if self._requests_served >= ctx.max_requests - 1 or not head.keep_alive or ctx.draining:
             self._keep_alive = False
-        target = head.target
-        path = target if (q := target.find(b"?")) < 0 else target[:q]
-        table = ctx.table
         try:
-            match = table.match(
-                head.host, path, head.method, head.headers if table.reads_headers else _NONE
-            )
-            pool = self._route(head, match, target, path)
+            pool = self._route(head, head.target)
         except GuardError as e:
             self._answer_error(e)
             return
@@ -517,26 +508,25 @@ class HttpProxyProtocol(BufferedWriter, asyncio.Protocol):
                 except _BadAuthority:
                     self._keep_alive = False  # llhttp closes on these too: one verdict
                     raise
-            path = target if (q := target.find(b"?")) < 0 else target[:q]
-            table = ctx.table
-            match = table.match(
-                head.host, path, head.method, head.headers if table.reads_headers else _NONE
-            )
-            pool = self._route(head, match, target, path)
+            pool = self._route(head, target)
         except GuardError as e:
             self._answer_error(e)
             return
         if pool is not None:
             self._dispatch(pool)
 
-    def _route(
-        self, head: RequestHead, match: RouteMatchResult[Any] | None, target: bytes, path: bytes
-    ) -> UpstreamPool | None:
-        """The active request's route, service and backend: the pool to send it to, or
-        None when it is held for a wake. Raises the GuardError that answers it instead."""
+    def _route(self, head: RequestHead, target: bytes) -> UpstreamPool | None:
+        """The active request's route, service and backend (``target`` in origin form):
+        the pool to send it to, or None when it is held for a wake. Raises the GuardError
+        that answers it instead."""
+        ctx = self._ctx
+        path = target if (q := target.find(b"?")) < 0 else target[:q]
+        table = ctx.table
+        match = table.match(
+            head.host, path, head.method, head.headers if table.reads_headers else _NONE
+        )
         if match is None:
             raise RouteNotFound(f"no route for {head.host.decode('latin-1')}")
-        ctx = self._ctx
         route = match.route
         self._route_name = route.name
         limiters = ctx.limiters
